@@ -1,0 +1,3 @@
+from borg_gate.cli import main
+
+raise SystemExit(main())

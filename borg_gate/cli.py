@@ -1,0 +1,28 @@
+"""Entry point: a connection (key options only) or an admin command (status, metrics, check, authorize).
+
+Admin modules are imported only when asked for, so a connection pays for none of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Final
+
+ADMIN: Final = {
+    "status": "borg_gate.status",
+    "metrics": "borg_gate.metrics",
+    "check": "borg_gate.check",
+    "authorize": "borg_gate.authorize",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ADMIN:
+        module = importlib.import_module(ADMIN[args[0]])
+        result: int = module.main(args[1:])
+        return result
+    from borg_gate import gate
+
+    gate.main(args)

@@ -1,0 +1,261 @@
+"""The host's config file (TOML): limits, binaries, repository root, state and log paths.
+
+Parsing is pure (``parse_config(text, source)``); ``load_config`` adds the one file read.
+Every key is in SCHEMA; an unknown key, a wrong type or a bad value is a Refusal that names
+the file, the key and, where it can be found, the line. Only a missing *default* file means
+built-in defaults: a file named by --config or BORG_GATE_CONFIG must exist.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from borg_gate.errors import misconfigured, shown
+
+DEFAULT_CONFIG_PATH: Final = "/etc/borg-gate/config.toml"
+CONFIG_ENV: Final = "BORG_GATE_CONFIG"
+
+NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+BORG_ENV_RE: Final = re.compile(r"BORG_[A-Z0-9_]{1,64}")
+VERSION_RE: Final = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+((a|b|rc)[0-9]+)?(\.dev[0-9]+)?")
+MODES: Final = ("exec", "supervise")
+
+
+@dataclass(frozen=True)
+class BinarySpec:
+    """One borg a key may be served by: its name, absolute path and (optionally) stated version."""
+
+    name: str
+    path: str
+    version: str | None = None
+
+
+DEFAULT_BINARIES: Final = {
+    "borg": BinarySpec("borg", "/usr/bin/borg"),
+    "borg2": BinarySpec("borg2", "/usr/bin/borg2"),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str = "<built-in defaults>"
+    state_dir: str = "/run/borg-gate"
+    log_file: str = "/var/log/borg-gate/gate.jsonl"  # "" disables the file sink
+    syslog: bool = False
+    umask: int = 0o077
+    mode: str = "exec"
+    max_sessions: int = 8
+    max_sessions_per_client: int = 2
+    wait: float = 600.0
+    repos_root: str = "/srv/borg/{client}"  # "" means keys must name their own confinement
+    borg_default: str = "borg"
+    binaries: Mapping[str, BinarySpec] = field(default_factory=lambda: dict(DEFAULT_BINARIES))
+    borg_env: Mapping[str, str] = field(default_factory=dict)
+
+
+class _Bad(Exception):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def _abs_path(key: str, value: object, *, empty_ok: bool = False) -> str:
+    if not isinstance(value, str):
+        raise _Bad(key, f"must be a string, not {type(value).__name__}")
+    if value == "" and empty_ok:
+        return value
+    if not value.startswith("/") or any(not ch.isprintable() for ch in value):
+        raise _Bad(key, f"must be an absolute path, not {shown(value, 80)!r}")
+    return value
+
+
+def _int(key: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(key, f"must be an integer, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise _Bad(key, f"must be between {low} and {high}, not {value}")
+    return value
+
+
+def _seconds(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Bad(key, f"must be a number of seconds, not {type(value).__name__}")
+    if not 0 <= value <= 7 * 86400:
+        raise _Bad(key, f"must be between 0 and 604800 seconds, not {value}")
+    return float(value)
+
+
+def _bool(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(key, f"must be true or false, not {type(value).__name__}")
+    return value
+
+
+def _umask(key: str, value: object) -> int:
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
+        return int(value, 8)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
+        return value  # written as 0o077 in TOML
+    raise _Bad(key, f'must be an octal string like "077", not {shown(str(value), 20)!r}')
+
+
+def _mode(key: str, value: object) -> str:
+    if value not in MODES:
+        raise _Bad(key, f"must be one of {', '.join(MODES)}, not {shown(str(value), 20)!r}")
+    return str(value)
+
+
+def _name(key: str, value: object) -> str:
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise _Bad(key, f"must be a binary name like borg or borg2, not {shown(str(value), 40)!r}")
+    return value
+
+
+def _binary(key: str, name: str, value: object) -> BinarySpec:
+    if not NAME_RE.fullmatch(name):
+        raise _Bad(key, f"binary name {shown(name, 40)!r} must match {NAME_RE.pattern}")
+    if isinstance(value, str):
+        return BinarySpec(name, _abs_path(key, value))
+    if isinstance(value, dict):
+        unknown = set(value) - {"path", "version"}
+        if unknown:
+            raise _Bad(f"{key}.{sorted(unknown)[0]}", "unknown key (known: path, version)")
+        if "path" not in value:
+            raise _Bad(key, "needs path")
+        version = value.get("version")
+        if version is not None and (not isinstance(version, str) or not VERSION_RE.fullmatch(version)):
+            raise _Bad(f"{key}.version", f"must look like 1.2.4 or 2.0.0b22, not {shown(str(version), 30)!r}")
+        return BinarySpec(name, _abs_path(f"{key}.path", value["path"]), version)
+    raise _Bad(key, 'must be a path or a table { path = "...", version = "..." }')
+
+
+Checker = Callable[[str, object], object]
+
+# section -> key -> (Config field, checker). The one place the file's grammar lives.
+SCHEMA: Final[dict[str, dict[str, tuple[str, Checker]]]] = {
+    "gate": {
+        "state_dir": ("state_dir", _abs_path),
+        "log_file": ("log_file", lambda k, v: _abs_path(k, v, empty_ok=True)),
+        "syslog": ("syslog", _bool),
+        "umask": ("umask", _umask),
+        "mode": ("mode", _mode),
+    },
+    "limits": {
+        "max_sessions": ("max_sessions", lambda k, v: _int(k, v, 1, 10000)),
+        "max_sessions_per_client": ("max_sessions_per_client", lambda k, v: _int(k, v, 1, 10000)),
+        "wait": ("wait", _seconds),
+    },
+    "repos": {
+        "root": ("repos_root", lambda k, v: _abs_path(k, v, empty_ok=True)),
+    },
+    "borg": {
+        "default": ("borg_default", _name),
+    },
+}
+
+
+def _find_line(text: str, key: str) -> int | None:
+    """Best effort: the line where dotted ``key`` is set (tomllib does not keep positions)."""
+    *sections, last = key.split(".")
+    want = ".".join(sections)
+    current = ""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        header = re.fullmatch(r"\[\s*([A-Za-z0-9_.\s\"-]+?)\s*\]", line)
+        if header:
+            current = re.sub(r"[\s\"]", "", header.group(1))
+            continue
+        if current == want and re.match(rf'"?{re.escape(last)}"?\s*=', line):
+            return number
+        if current and want.startswith(current + ".") and re.match(rf"{re.escape(want[len(current) + 1 :])}\s*=", line):
+            return number  # inline table, e.g. binaries = { ... } under [borg]
+    return None
+
+
+def parse_config(text: str, source: str) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise misconfigured(f"config {source}: {exc}", config=source) from None
+    try:
+        return _build(data, source)
+    except _Bad as bad:
+        line = _find_line(text, bad.key)
+        where = f"{source}:{line}" if line else source
+        raise misconfigured(f"config {where}: {bad.key}: {bad.message}", config=source, key=bad.key) from None
+
+
+def _build(data: Mapping[str, Any], source: str) -> Config:
+    values: dict[str, Any] = {"source": source}
+    for section, body in data.items():
+        if section not in SCHEMA:
+            raise _Bad(section, f"unknown section (known: {', '.join(SCHEMA)})")
+        if not isinstance(body, dict):
+            raise _Bad(section, "must be a table")
+        for key, value in body.items():
+            dotted = f"{section}.{key}"
+            if section == "borg" and key == "binaries":
+                values["binaries"] = _binaries(dotted, value)
+            elif section == "borg" and key == "env":
+                values["borg_env"] = _borg_env(dotted, value)
+            elif key in SCHEMA[section]:
+                attr, check = SCHEMA[section][key]
+                values[attr] = check(dotted, value)
+            else:
+                known = [*SCHEMA[section], *(["binaries", "env"] if section == "borg" else [])]
+                raise _Bad(dotted, f"unknown key (known in [{section}]: {', '.join(known)})")
+    config = Config(**values)
+    if config.borg_default not in config.binaries:
+        raise _Bad("borg.default", f"names no binary in [borg.binaries] ({', '.join(config.binaries)})")
+    return config
+
+
+def _binaries(key: str, value: object) -> dict[str, BinarySpec]:
+    if not isinstance(value, dict) or not value:
+        raise _Bad(key, "must be a table of name = path")
+    return {name: _binary(f"{key}.{name}", name, spec) for name, spec in value.items()}
+
+
+def _borg_env(key: str, value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _Bad(key, "must be a table of BORG_NAME = value")
+    env: dict[str, str] = {}
+    for name, val in value.items():
+        if not BORG_ENV_RE.fullmatch(name):
+            raise _Bad(f"{key}.{name}", "only BORG_* variables may be set")
+        if not isinstance(val, str) or any(not ch.isprintable() for ch in val):
+            raise _Bad(f"{key}.{name}", "must be a string without control characters")
+        env[name] = val
+    return env
+
+
+def config_path(explicit: str | None, environ: Mapping[str, str]) -> tuple[str, bool]:
+    """Which file to read, and whether it must exist (only the built-in default may be absent)."""
+    if explicit:
+        return explicit, True
+    from_env = environ.get(CONFIG_ENV)
+    if from_env:
+        return from_env, True
+    return DEFAULT_CONFIG_PATH, False
+
+
+def load_config(path: str, required: bool) -> Config:
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(1 << 20)
+    except FileNotFoundError:
+        if required:
+            raise misconfigured(f"config {path}: file not found", config=path) from None
+        return Config()
+    except OSError as exc:
+        raise misconfigured(f"config {path}: cannot read: {exc.strerror}", config=path) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise misconfigured(f"config {path}: not UTF-8", config=path) from None
+    return parse_config(text, path)

@@ -1,0 +1,70 @@
+"""Who is connecting: facts from sshd's environment and the kernel, gathered once per connection."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import pwd
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Connection:
+    id: str  # one transaction id for all of a connection's events (gitolite's lesson)
+    unix_user: str
+    uid: int
+    remote_ip: str | None
+    remote_port: int | None
+    fingerprint: str | None  # SHA256:… of the key used, when sshd has ExposeAuthInfo yes
+    command: str | None  # SSH_ORIGINAL_COMMAND as received
+    started: float  # wall clock, for logs
+    started_mono: float  # monotonic, for durations
+
+
+def key_fingerprint(user_auth_file: str | None) -> str | None:
+    """SHA256 fingerprint of the first publickey in sshd's SSH_USER_AUTH file, as ssh-keygen -l prints."""
+    if not user_auth_file:
+        return None
+    try:
+        with open(user_auth_file, encoding="ascii", errors="replace") as fh:
+            text = fh.read(65536)
+    except OSError:
+        return None
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] == "publickey":
+            try:
+                blob = base64.b64decode(words[2], validate=True)
+            except ValueError:
+                return None
+            digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+            return f"SHA256:{digest}"
+    return None
+
+
+def current(environ: Mapping[str, str]) -> Connection:
+    uid = os.getuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    ip: str | None = None
+    port: int | None = None
+    parts = environ.get("SSH_CONNECTION", "").split()
+    if len(parts) == 4:
+        ip = parts[0]
+        port = int(parts[1]) if parts[1].isdigit() else None
+    return Connection(
+        id=os.urandom(8).hex(),
+        unix_user=user,
+        uid=uid,
+        remote_ip=ip,
+        remote_port=port,
+        fingerprint=key_fingerprint(environ.get("SSH_USER_AUTH")),
+        command=environ.get("SSH_ORIGINAL_COMMAND"),
+        started=time.time(),
+        started_mono=time.monotonic(),
+    )

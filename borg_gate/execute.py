@@ -1,0 +1,40 @@
+"""The last step: hand the connection to borg serve with a clean environment.
+
+exec, never a shell: the process keeps its pid, stdin keeps the client's first request
+unread, and the slot descriptors stay open in borg serve so the kernel frees them when
+it ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Final, NoReturn
+
+from borg_gate.errors import misconfigured
+
+PASSED_ENV: Final = frozenset({"HOME", "USER", "LOGNAME", "PATH", "LANG", "TZ", "SSH_CONNECTION", "SSH_CLIENT"})
+DEFAULT_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
+
+
+def borg_environment(environ: Mapping[str, str], borg_env: Mapping[str, str]) -> dict[str, str]:
+    """An allowlist: sshd's and the client's other variables never reach borg.
+
+    SSH_ORIGINAL_COMMAND is left out on purpose: borg serve re-parses it when present and
+    would then take log options from the raw client text; without it, borg's view is
+    exactly the vetted argv.
+    """
+    env = {k: v for k, v in environ.items() if k in PASSED_ENV or k.startswith("LC_")}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.update(borg_env)
+    return env
+
+
+def exec_serve(argv: tuple[str, ...], env: Mapping[str, str], umask: int, keep_fds: Iterable[int]) -> NoReturn:
+    os.umask(umask)
+    for fd in keep_fds:
+        os.set_inheritable(fd, True)
+    try:
+        os.execve(argv[0], list(argv), dict(env))
+    except OSError as exc:
+        raise misconfigured(f"cannot run {argv[0]}: {exc.strerror}") from None

@@ -1,0 +1,89 @@
+"""One connection, from sshd to exec, top to bottom.
+
+sshd runs ``borg-gate [key options]`` with the client's wish in SSH_ORIGINAL_COMMAND.
+Each step below either narrows what will run or refuses; nothing reads stdin or writes
+stdout, which belong to borg's protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Final, NoReturn
+
+from borg_gate import command, config, confine, connection, execute, keyopts, policy, slots, versions
+from borg_gate.errors import Kind, Refusal
+from borg_gate.events import EventLog
+
+# The client reads stdout EOF before stderr in the same select pass: exiting at once loses
+# the refusal line about half the time (BORG-FACTS). A short pause lets it arrive.
+REFUSAL_PAUSE: Final = 0.2
+
+
+def say(message: str) -> None:
+    """One plain stderr line; the borg client shows it as ``Remote: borg-gate: …``."""
+    line = "borg-gate: " + " ".join(message.split()) + "\n"
+    with contextlib.suppress(OSError):  # the client is gone; nobody left to tell
+        os.write(2, line.encode("utf-8", "replace"))
+
+
+def refuse(refusal: Refusal, log: EventLog) -> NoReturn:
+    log.emit(
+        "connection.refused",
+        kind=refusal.kind.label,
+        reason=refusal.reason,
+        exit_code=int(refusal.kind),
+        **refusal.fields,
+    )
+    say(refusal.reason)
+    if refusal.kind is not Kind.CLIENT_GONE:
+        time.sleep(REFUSAL_PAUSE)
+    os._exit(int(refusal.kind))
+
+
+def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
+    conn = connection.current(environ)
+    log = EventLog(conn, config.Config().log_file)  # until the config says where
+    try:
+        # 1. The sysadmin's key line and config. Broken means refuse: fail closed.
+        key = keyopts.parse_key_options(argv)
+        path, required = config.config_path(key.config, environ)
+        try:
+            cfg = config.load_config(path, required)
+        except Refusal as exc:
+            log.emit("config.error", reason=exc.reason, config=path)
+            raise
+        log = EventLog(conn, cfg.log_file)
+        client = policy.client_name(key, conn.unix_user)
+        log.bind(client=client)
+
+        # 2. The client's wish: only a vetted borg serve.
+        request = command.parse_command(environ.get("SSH_ORIGINAL_COMMAND"))
+
+        # 3. Which borg, what it can enforce, and the exact argv, confined by key and config.
+        spec = policy.choose_binary(request, key, cfg)
+        borg = versions.resolve(spec, cfg.state_dir)
+        plan = policy.plan(request, key, cfg, borg, client)
+        log.bind(binary=spec.path, borg_version=str(borg.version), restrictions=plan.confinement.options())
+        confine.check_backend(request.backend_path, plan.confinement)
+
+        # 4. A session slot: per-client first, then host-wide; may queue until the deadline.
+        held = slots.acquire(cfg.state_dir, client, plan.budget, conn=conn.id, binary=spec.path)
+        log.emit("session.started", waited=round(held.waited, 3), slots=held.slots, argv=list(plan.argv))
+
+        # 5. borg serve takes over this process, holding the slots.
+        env = execute.borg_environment(environ, cfg.borg_env)
+        execute.exec_serve(plan.argv, env, cfg.umask, held.fds)
+    except Refusal as refusal:
+        refuse(refusal, log)
+    except BaseException as exc:
+        log.emit("gate.error", error=repr(exc), traceback=traceback.format_exc())
+        refuse(Refusal(Kind.INTERNAL, "internal error, refused (see the gate's log)"), log)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    serve(sys.argv[1:] if argv is None else argv, os.environ)
