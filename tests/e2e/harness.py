@@ -1,0 +1,423 @@
+"""End-to-end harness: a private sshd on 127.0.0.1, unix test users, the gate installed for them.
+
+What a backup host really has: sshd runs the gate as the key's unix user from a
+``command="…"`` line, the gate execs a real borg serve, and a real borg client talks to it
+over ssh. Everything lives under one world-traversable temp dir; sshd listens on 127.0.0.1
+only. Needs root (to run sshd and create users), as CI does.
+
+Typical use (fixtures in tests/e2e/conftest.py)::
+
+    def test_backup(site, borg_client):
+        site.authorize("bgate-a", site.key("alice"), "--client alice")
+        repo = site.repo_url("bgate-a", "/srv/alice/repo")        # under the site's repos root
+        borg_client.run(["init", "-e", "none", repo], key=site.key("alice")).check()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path("/var/cache/borg-gate-tests")  # world-readable; reused between runs on one machine
+USERS = ("bgate-a", "bgate-b", "bgate-c")
+GROUP = "bgate-e2e"
+SSHD = "/usr/sbin/sshd"
+SYSTEM_PYTHON = "/usr/bin/python3"
+BORG1 = "/usr/bin/borg"
+BORG2 = "/usr/bin/borg2"
+
+
+def run(cmd: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    kw.setdefault("check", True)
+    kw.setdefault("text", True)
+    kw.setdefault("capture_output", True)
+    return subprocess.run(list(cmd), **kw)  # noqa: PLW1510
+
+
+# --------------------------------------------------------------------------- users
+
+
+def ensure_group(name: str = GROUP) -> None:
+    if run(["getent", "group", name], check=False).returncode != 0:
+        run(["groupadd", name])
+
+
+def ensure_user(name: str) -> None:
+    """A login user whose password field is '*' (sshd with UsePAM no refuses '!' accounts)."""
+    ensure_group()
+    if run(["getent", "passwd", name], check=False).returncode != 0:
+        run(["useradd", "--create-home", "--shell", "/bin/sh", "--groups", GROUP, name])
+    run(["usermod", "--password", "*", "--append", "--groups", GROUP, name])
+
+
+def uid_gid(user: str) -> tuple[int, int]:
+    out = run(["id", "-u", user]).stdout.strip(), run(["id", "-g", user]).stdout.strip()
+    return int(out[0]), int(out[1])
+
+
+def group_id(name: str = GROUP) -> int:
+    return int(run(["getent", "group", name]).stdout.split(":")[2])
+
+
+# --------------------------------------------------------------------------- gate install
+
+
+def _source_digest() -> str:
+    h = hashlib.sha256()
+    for path in sorted([*REPO_ROOT.joinpath("borg_gate").rglob("*.py"), REPO_ROOT / "pyproject.toml"]):
+        h.update(str(path.relative_to(REPO_ROOT)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def install_gate(base: Path) -> Path:
+    """The gate as a sysadmin installs it: a venv from /usr/bin/python3, pip install of this repo.
+
+    A venv under /root (pyenv) cannot be run by the test users, hence the system Python and a
+    world-readable location. BORG_GATE_E2E_BIN points the suite at an installed binary instead
+    (the Debian package's /usr/bin/borg-gate).
+    """
+    preset = os.environ.get("BORG_GATE_E2E_BIN")
+    if preset:
+        return Path(preset)
+    base.mkdir(parents=True, exist_ok=True)
+    base.chmod(0o755)
+    venv = base / f"gate-venv-{_source_digest()}"
+    if not (venv / "bin" / "borg-gate").exists():
+        run([SYSTEM_PYTHON, "-m", "venv", str(venv)])
+        run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", str(REPO_ROOT)])
+    return venv / "bin" / "borg-gate"
+
+
+# --------------------------------------------------------------------------- sshd
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Sshd:
+    """A private sshd on 127.0.0.1; authorized_keys live in ``keys_dir/<user>``."""
+
+    base: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.base / "authorized_keys"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "sshd.log"
+
+    def start(self, extra_config: str = "") -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.keys_dir.mkdir(exist_ok=True)
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        host_key = self.base / "host_ed25519"
+        if not host_key.exists():
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)])
+        self.port = free_port()
+        config = self.base / "sshd_config"
+        config.write_text(
+            "\n".join(
+                [
+                    "ListenAddress 127.0.0.1",
+                    f"Port {self.port}",
+                    f"HostKey {host_key}",
+                    f"PidFile {self.base / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {self.keys_dir}/%u",
+                    "StrictModes no",
+                    "UsePAM no",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PubkeyAuthentication yes",
+                    "PermitRootLogin no",
+                    "ExposeAuthInfo yes",
+                    "MaxStartups 200:30:400",
+                    "MaxSessions 50",
+                    "LogLevel VERBOSE",
+                    f"AllowUsers {' '.join(USERS)}",
+                    extra_config,
+                    "",
+                ]
+            )
+        )
+        run([SSHD, "-t", "-f", str(config)])
+        self.proc = subprocess.Popen(
+            [SSHD, "-D", "-f", str(config), "-E", str(self.log_path)],
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {self.log_path.read_text(errors='replace')}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("sshd did not start listening within 30 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+    def write_keys(self, user: str, lines: Sequence[str]) -> None:
+        """Replace ``user``'s authorized_keys (sshd re-reads it on every connection)."""
+        path = self.keys_dir / user
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line.rstrip("\n") + "\n" for line in lines))
+        tmp.chmod(0o644)
+        tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- client side
+
+
+@dataclass
+class Result:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def check(self) -> Result:
+        if self.returncode != 0:
+            raise AssertionError(
+                f"{shlex.join(self.args)} exited {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    name: str
+    private: Path
+    public_line: str  # "ssh-ed25519 AAAA… comment"
+
+
+def ssh_options(key: ClientKey) -> list[str]:
+    return [
+        "-i",
+        str(key.private),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=30",
+    ]
+
+
+@dataclass
+class Site:
+    """One backup host's server side: config, state dir, log, repos root, authorized_keys."""
+
+    sshd: Sshd
+    gate: Path
+    root: Path
+    keys: dict[str, ClientKey] = field(default_factory=dict)
+
+    # ---- paths
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "log" / "gate.jsonl"
+
+    @property
+    def repos(self) -> Path:
+        return self.root / "repos"
+
+    def setup(self) -> None:
+        """Directories as packaging/ lays them out: shared by the test users through a group."""
+        gid = group_id()
+        self.root.mkdir(parents=True)
+        self.root.chmod(0o755)
+        for d in (self.state_dir, self.log_file.parent, self.repos):
+            d.mkdir()
+            os.chown(d, 0, gid)
+            d.chmod(0o2770)
+        self.log_file.touch()
+        os.chown(self.log_file, 0, gid)
+        self.log_file.chmod(0o660)
+        (self.root / "clientkeys").mkdir(mode=0o700)
+        (self.root / "borg-base").mkdir(mode=0o700)
+        self.write_config()
+
+    def repo_dir(self, client: str, owner: str) -> Path:
+        """The per-client repos root ``repos/<client>``, owned by the unix user serving it."""
+        d = self.repos / client
+        d.mkdir(exist_ok=True)
+        uid, gid = uid_gid(owner)
+        os.chown(d, uid, gid)
+        d.chmod(0o700)
+        return d
+
+    def write_config(self, text: str | None = None, **sections: Mapping[str, Any]) -> None:
+        """Write config.toml: the site's paths plus ``sections`` overriding/adding keys."""
+        if text is None:
+            merged: dict[str, dict[str, Any]] = {
+                "gate": {"state_dir": str(self.state_dir), "log_file": str(self.log_file)},
+                "limits": {"max_sessions": 8, "max_sessions_per_client": 4, "wait": 60},
+                "repos": {"root": str(self.repos / "{client}")},
+                "borg": {"default": "borg"},
+                "borg.binaries": {"borg": BORG1, "borg2": BORG2},
+            }
+            for name, values in sections.items():
+                merged.setdefault(name.replace("__", "."), {}).update(values)
+            text = "".join(
+                f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items()) + "\n"
+                for name, values in merged.items()
+            )
+        self.config_path.write_text(text)
+        self.config_path.chmod(0o644)
+
+    # ---- keys
+    def key(self, name: str) -> ClientKey:
+        """A client's ssh key pair (made once per site)."""
+        if name not in self.keys:
+            private = self.root / "clientkeys" / name
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@e2e", "-f", str(private)])
+            self.keys[name] = ClientKey(name, private, Path(f"{private}.pub").read_text().strip())
+        return self.keys[name]
+
+    def key_line(self, key: ClientKey, options: str = "", *, gate: str | None = None) -> str:
+        """An authorized_keys line forcing the gate with this site's config and ``options``."""
+        cmd = f"{gate or self.gate} --config {self.config_path} {options}".strip()
+        return f'command="{cmd}",restrict {key.public_line}'
+
+    def authorize(self, user: str, *entries: tuple[ClientKey, str]) -> None:
+        """Set ``user``'s authorized_keys to one gate line per (key, key options)."""
+        self.sshd.write_keys(user, [self.key_line(k, opts) for k, opts in entries])
+
+    def repo_url(self, user: str, path: str | Path, scheme: str = "ssh") -> str:
+        return f"{scheme}://{user}@127.0.0.1:{self.sshd.port}{path}"
+
+    # ---- what the gate logged
+    def events(self, event: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_file.read_text().splitlines():
+            record = json.loads(line)
+            if event is None or record.get("event") == event:
+                out.append(record)
+        return out
+
+    # ---- client
+    def borg(
+        self,
+        args: Sequence[str],
+        key: ClientKey,
+        *,
+        borg: str = BORG1,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 300,
+        stdin: str | None = None,
+        cwd: Path | None = None,
+    ) -> Result:
+        """Run a real borg client as root on this host, talking to the site over ssh."""
+        base = self.root / "borg-base" / key.name
+        base.mkdir(exist_ok=True)
+        full_env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(base),
+            "LANG": "C.UTF-8",
+            "BORG_BASE_DIR": str(base),
+            "BORG_RSH": shlex.join(["ssh", *ssh_options(key)]),
+            "BORG_PASSPHRASE": "e2e-passphrase",
+            "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+            "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+            "BORG_DELETE_I_KNOW_WHAT_I_AM_DOING": "YES",
+            "BORG_CHECK_I_KNOW_WHAT_I_AM_DOING": "YES",
+        }
+        full_env.update(env or {})
+        cmd = [borg, *args]
+        p = subprocess.run(
+            cmd, env=full_env, capture_output=True, text=True, timeout=timeout, input=stdin, check=False, cwd=cwd
+        )
+        return Result(cmd, p.returncode, p.stdout, p.stderr)
+
+    def ssh(self, user: str, key: ClientKey, command: str | None, *, timeout: float = 60) -> Result:
+        """Plain ssh to the gate (what scp, rsync or a person would do)."""
+        cmd = ["ssh", *ssh_options(key), "-T", "-p", str(self.sshd.port), f"{user}@127.0.0.1"]
+        if command is not None:
+            cmd.append(command)
+        p = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+        )
+        return Result(cmd, p.returncode, p.stdout, p.stderr)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    raise TypeError(value)
+
+
+def make_tree(path: Path, files: int = 20) -> Path:
+    """A small source tree to back up, with a checksum per file."""
+    path.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        (path / f"file-{i:03d}.txt").write_bytes(hashlib.sha256(str(i).encode()).hexdigest().encode() * (i + 1))
+    (path / "sub").mkdir(exist_ok=True)
+    (path / "sub" / "nested.bin").write_bytes(os.urandom(4096))
+    return path
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+@contextlib.contextmanager
+def e2e_base() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="borg-gate-e2e-", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        sys.exit("the end-to-end suite runs sshd and creates test users: run it as root (CI does)")
