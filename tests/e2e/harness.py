@@ -45,7 +45,7 @@ def run(cmd: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     kw.setdefault("check", True)
     kw.setdefault("text", True)
     kw.setdefault("capture_output", True)
-    return subprocess.run(list(cmd), **kw)  # noqa: PLW1510
+    return subprocess.run(list(cmd), **kw)
 
 
 # --------------------------------------------------------------------------- users
@@ -201,9 +201,9 @@ class Result:
 
     def check(self) -> Result:
         if self.returncode != 0:
-            raise AssertionError(
-                f"{shlex.join(self.args)} exited {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
-            )
+            command = shlex.join(self.args)
+            output = f"--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+            raise AssertionError(f"{command} exited {self.returncode}\n{output}")
         return self
 
 
