@@ -80,6 +80,8 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
         execute.exec_serve(plan.argv, env, cfg.umask, held.fds)
     except Refusal as refusal:
         refuse(refusal, log)
+    except SystemExit:
+        raise  # argparse's exit after --help: a person asked, nothing was served
     except BaseException as exc:
         log.emit("gate.error", error=repr(exc), traceback=traceback.format_exc())
         refuse(Refusal(Kind.INTERNAL, "internal error, refused (see the gate's log)"), log)
