@@ -1,0 +1,243 @@
+"""The authorized_keys line's options: parsed strictly, every mistake a misconfiguration refusal."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from borg_gate import keyopts
+from borg_gate.errors import Kind, Refusal
+from borg_gate.keyopts import KeyOptions, Permission, parse_key_options, parse_size
+
+
+def misconfigured(argv: list[str]) -> str:
+    with pytest.raises(Refusal) as info:
+        parse_key_options(argv)
+    assert info.value.kind is Kind.MISCONFIGURED
+    assert info.value.reason.startswith("key line: ")
+    return info.value.reason
+
+
+def test_defaults() -> None:
+    assert parse_key_options([]) == KeyOptions()
+
+
+def test_every_option() -> None:
+    key = parse_key_options(
+        [
+            "--client",
+            "host-1.example",
+            "--config",
+            "/etc/borg-gate/other.toml",
+            "--restrict-to-path",
+            "/srv/borg/{client}",
+            "--restrict-to-path=/srv/extra",
+            "--restrict-to-repository",
+            "/srv/one",
+            "--permissions",
+            "no-delete",
+            "--storage-quota",
+            "500G",
+            "--borg",
+            "borg2",
+            "--max-sessions",
+            "3",
+            "--wait",
+            "2.5",
+            "--supervise",
+        ]
+    )
+    assert key == KeyOptions(
+        client="host-1.example",
+        config="/etc/borg-gate/other.toml",
+        restrict_to_paths=("/srv/borg/{client}", "/srv/extra"),
+        restrict_to_repositories=("/srv/one",),
+        permission=Permission.NO_DELETE,
+        storage_quota=500 * 10**9,
+        borg="borg2",
+        max_sessions=3,
+        wait=2.5,
+        supervise=True,
+    )
+
+
+@pytest.mark.parametrize("mode", [p.value for p in Permission])
+def test_permissions(mode: str) -> None:
+    assert parse_key_options(["--permissions", mode]).permission is Permission(mode)
+
+
+def test_append_only_means_no_delete() -> None:
+    assert parse_key_options(["--append-only"]).permission is Permission.NO_DELETE
+    assert parse_key_options(["--append-only", "--permissions", "no-delete"]).permission is Permission.NO_DELETE
+    assert parse_key_options(["--append-only", "--permissions", "all"]).permission is Permission.NO_DELETE
+
+
+@pytest.mark.parametrize("mode", ["read-only", "write-only"])
+def test_append_only_contradicting_permissions(mode: str) -> None:
+    assert "contradicts" in misconfigured(["--append-only", "--permissions", mode])
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("10M", 10**7), ("500G", 5 * 10**11), ("1.5T", 15 * 10**11), ("2P", 2 * 10**15), ("10000000", 10**7)],
+)
+def test_storage_quota(text: str, size: int) -> None:
+    assert parse_key_options(["--storage-quota", text]).storage_quota == size
+
+
+@pytest.mark.parametrize("text", ["9M", "9999999", "0", "1K"])
+def test_storage_quota_below_borgs_minimum(text: str) -> None:
+    assert "at least 10M" in misconfigured(["--storage-quota", text])
+
+
+@pytest.mark.parametrize("text", ["lots", "10 G", "10g", "10MB", "-10G", "1e9", "", ".5G", "10Gi"])
+def test_storage_quota_not_a_size(text: str) -> None:
+    assert "not a size" in misconfigured([f"--storage-quota={text}"])
+
+
+@pytest.mark.parametrize("name", ["alice", "a", "Host-1.example_2", "0", "x" * 64])
+def test_valid_client_names(name: str) -> None:
+    assert parse_key_options(["--client", name]).client == name
+
+
+# {client} expands into restriction paths: a name that could climb out or split a path is refused here.
+HOSTILE_CLIENTS = ["..", "../root", "a/b", "/", ".", ".hidden", "-x", "", "x" * 65, "a b", "a\nb", "{client}", "é", "*"]
+
+
+@pytest.mark.parametrize("name", HOSTILE_CLIENTS)
+def test_hostile_client_names_are_refused(name: str) -> None:
+    assert "--client" in misconfigured(["--client", name])
+
+
+@settings(max_examples=500)
+@given(st.text(max_size=70))
+def test_client_name_accepted_exactly_when_it_matches(name: str) -> None:
+    try:
+        key = parse_key_options([f"--client={name}"])
+    except Refusal as refusal:
+        assert refusal.kind is Kind.MISCONFIGURED
+        assert not keyopts.CLIENT_RE.fullmatch(name)
+    else:
+        assert key.client == name and keyopts.CLIENT_RE.fullmatch(name)
+        assert "/" not in name and not name.startswith(".")
+
+
+@pytest.mark.parametrize("option", ["--restrict-to-path", "--restrict-to-repository"])
+@pytest.mark.parametrize("path", ["relative/path", "~/repos", "", "./x", "{client}"])
+def test_restrictions_must_be_absolute(option: str, path: str) -> None:
+    assert "absolute path" in misconfigured([f"{option}={path}"])
+
+
+@pytest.mark.parametrize("option", ["--restrict-to-path", "--restrict-to-repository"])
+def test_restrictions_without_control_characters(option: str) -> None:
+    assert "control character" in misconfigured([f"{option}=/srv/a\nb"])
+
+
+@pytest.mark.parametrize("name", ["../borg", "/usr/bin/borg", "", "borg 2", "-borg"])
+def test_borg_must_be_a_name(name: str) -> None:
+    misconfigured([f"--borg={name}"])
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "10001", "x", "1.5"])
+def test_max_sessions_range(value: str) -> None:
+    misconfigured([f"--max-sessions={value}"])
+
+
+@pytest.mark.parametrize("value", ["-1", "604801", "nan", "inf", "-inf", "x"])
+def test_wait_range(value: str) -> None:
+    misconfigured([f"--wait={value}"])
+
+
+def test_wait_bounds_are_inclusive() -> None:
+    assert parse_key_options(["--wait=0"]).wait == 0
+    assert parse_key_options(["--wait=604800"]).wait == 604800
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--frobnicate"],
+        ["--cli", "alice"],  # no abbreviations: a typo must not silently mean another option
+        ["--restrict", "/srv"],
+        ["serve"],
+        ["--client"],
+        ["--permissions", "everything"],
+    ],
+)
+def test_unknown_or_incomplete_options(argv: list[str]) -> None:
+    misconfigured(argv)
+
+
+key_words = st.one_of(
+    st.sampled_from(
+        [
+            "--client",
+            "--config",
+            "--restrict-to-path",
+            "--restrict-to-repository",
+            "--append-only",
+            "--permissions",
+            "--storage-quota",
+            "--borg",
+            "--max-sessions",
+            "--wait",
+            "--supervise",
+            "alice",
+            "/srv",
+            "no-delete",
+            "read-only",
+            "10G",
+            "1",
+            "nan",
+            "-",
+            "--",
+            "=",
+            "{client}",
+        ]
+    ),
+    st.text(max_size=10),
+)
+
+
+@settings(max_examples=800)
+@given(st.lists(key_words, max_size=8))
+def test_no_key_line_crashes_the_parser(argv: list[str]) -> None:
+    argv = [a for a in argv if a not in ("-h", "--help") and not a.startswith("--h")]
+    try:
+        key = parse_key_options(argv)
+    except Refusal as refusal:
+        assert refusal.kind is Kind.MISCONFIGURED
+        assert "\n" not in refusal.reason
+        return
+    for path in (*key.restrict_to_paths, *key.restrict_to_repositories):
+        assert path.startswith("/") and path.isprintable()
+    assert key.client is None or keyopts.CLIENT_RE.fullmatch(key.client)
+    assert key.wait is None or (0 <= key.wait <= 604800 and not math.isnan(key.wait))
+    assert key.storage_quota is None or key.storage_quota >= keyopts.MIN_QUOTA
+
+
+@settings(max_examples=300)
+@given(
+    st.integers(0, 10**6), st.sampled_from(["", ".5", ".25", ".125"]), st.sampled_from(["", "K", "M", "G", "T", "P"])
+)
+def test_parse_size_computes_what_borg_computes(number: int, fraction: str, unit: str) -> None:
+    """borg's parse_file_size (1.2.4 helpers/parseformat.py): int(float(number) * 1000**k), decimal units."""
+    factor = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}[unit]
+    assert parse_size(f"{number}{fraction}{unit}") == int(float(f"{number}{fraction}") * factor)
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_is_shown_and_exits_zero(flag: str) -> None:
+    """A person running ``borg-gate --help`` gets the usage and rc 0, not an internal-error refusal."""
+    out = subprocess.run(
+        [sys.executable, "-m", "borg_gate", flag], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ""  # not a terminal: stdout may be borg's protocol channel
+    assert out.stderr.startswith("usage: borg-gate")
+    assert "--restrict-to-path" in out.stderr and "borg-gate:" not in out.stderr
