@@ -169,6 +169,8 @@ def _find_line(text: str, key: str) -> int | None:
         header = re.fullmatch(r"\[\s*([A-Za-z0-9_.\s\"-]+?)\s*\]", line)
         if header:
             current = re.sub(r"[\s\"]", "", header.group(1))
+            if current == key:  # the bad key is a whole (sub)table, e.g. an unknown [section]
+                return number
             continue
         if current == want and re.match(rf'"?{re.escape(last)}"?\s*=', line):
             return number

@@ -109,6 +109,16 @@ def test_unknown_key_names_known_ones() -> None:
     assert "max_sessions_per_client" in reason
 
 
+def test_unknown_section_names_its_line() -> None:
+    reason = bad("[gate]\n[logging]\nlevel = 'debug'\n").reason
+    assert reason.startswith(f"config {SOURCE}:2: logging: unknown section")
+
+
+def test_unknown_subtable_names_its_line() -> None:
+    reason = bad("[borg]\ndefault = 'borg'\n\n[borg.extras]\nx = 1\n").reason
+    assert reason.startswith(f"config {SOURCE}:4: borg.extras: unknown key")
+
+
 def test_section_that_is_not_a_table() -> None:
     assert "gate: must be a table" in bad("gate = 5\n").reason
 
