@@ -97,10 +97,10 @@ def _bool(key: str, value: object) -> bool:
 
 
 def _umask(key: str, value: object) -> int:
+    # Strings only: TOML reads `umask = 77` as decimal 77 (0o115, group-writable files) and
+    # `0o077` as 63, indistinguishable once parsed; a string is always read as octal.
     if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
         return int(value, 8)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
-        return value  # written as 0o077 in TOML
     raise _Bad(key, f'must be an octal string like "077", not {shown(str(value), 20)!r}')
 
 

@@ -204,6 +204,13 @@ def test_borg_env_only_borg_variables_as_strings(body: str, key: str) -> None:
     assert bad(f"[borg.env]\n{body}\n").reason.startswith(f"config {SOURCE}:2: {key}: ")
 
 
+def test_umask_as_a_bare_integer_is_refused() -> None:
+    """TOML ``umask = 77`` is decimal 77 = 0o115: group-writable, world-readable files. Only strings."""
+    reason = bad("[gate]\numask = 77\n").reason
+    assert reason.startswith(f'config {SOURCE}:2: gate.umask: must be an octal string like "077"')
+    bad("[gate]\numask = 0o077\n")  # once parsed, cannot be told from a decimal 63
+
+
 # --------------------------------------------------------------------------- which file
 
 
