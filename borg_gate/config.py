@@ -184,6 +184,8 @@ def parse_config(text: str, source: str) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise misconfigured(f"config {source}: {exc}", config=source) from None
+    except RecursionError:  # tomllib recurses per nesting level
+        raise misconfigured(f"config {source}: nested too deeply", config=source) from None
     try:
         return _build(data, source)
     except _Bad as bad:

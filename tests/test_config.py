@@ -211,6 +211,12 @@ def test_umask_as_a_bare_integer_is_refused() -> None:
     bad("[gate]\numask = 0o077\n")  # once parsed, cannot be told from a decimal 63
 
 
+def test_absurdly_nested_file_is_a_refusal_not_a_crash() -> None:
+    depth = 100_000  # tomllib recurses per level: RecursionError, not TOMLDecodeError
+    reason = bad("x = " + "[" * depth + "]" * depth + "\n").reason
+    assert "nested too deeply" in reason
+
+
 # --------------------------------------------------------------------------- which file
 
 
