@@ -191,7 +191,7 @@ def parse_config(text: str, source: str) -> Config:
     except _Bad as bad:
         line = _find_line(text, bad.key)
         where = f"{source}:{line}" if line else source
-        raise misconfigured(f"config {where}: {bad.key}: {bad.message}", config=source, key=bad.key) from None
+        raise misconfigured(f"config {where}: {bad.key}: {bad.message}", config=source, config_key=bad.key) from None
 
 
 def _build(data: Mapping[str, Any], source: str) -> Config:

@@ -217,6 +217,13 @@ def test_absurdly_nested_file_is_a_refusal_not_a_crash() -> None:
     assert "nested too deeply" in reason
 
 
+def test_refusal_fields_do_not_clobber_the_event_keys() -> None:
+    """Refusal fields become fields of the connection.refused event, where ``key`` is the ssh key's fingerprint."""
+    refusal = bad("[limits]\nmax_sessions = 0\n")
+    assert "key" not in refusal.fields
+    assert refusal.fields["config_key"] == "limits.max_sessions"
+
+
 # --------------------------------------------------------------------------- which file
 
 
