@@ -240,7 +240,7 @@ def _borg_env(key: str, value: object) -> dict[str, str]:
 
 def config_path(explicit: str | None, environ: Mapping[str, str]) -> tuple[str, bool]:
     """Which file to read, and whether it must exist (only the built-in default may be absent)."""
-    if explicit:
+    if explicit is not None:  # even "": a --config= typo must not fall back to the default file
         return explicit, True
     from_env = environ.get(CONFIG_ENV)
     if from_env:

@@ -234,6 +234,15 @@ def test_config_path_precedence() -> None:
     assert config_path(None, {"BORG_GATE_CONFIG": ""}) == (config.DEFAULT_CONFIG_PATH, False)
 
 
+def test_empty_explicit_config_is_not_the_default() -> None:
+    """``--config=`` on a key line is a typo to refuse, not a silent fallback to the default file."""
+    path, required = config_path("", {})
+    assert required
+    with pytest.raises(Refusal) as info:
+        load_config(path, required)
+    assert info.value.kind is Kind.MISCONFIGURED
+
+
 def test_missing_default_file_means_defaults(tmp_path: Path) -> None:
     assert load_config(str(tmp_path / "absent.toml"), required=False) == Config()
 
