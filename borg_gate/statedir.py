@@ -1,0 +1,95 @@
+"""The state dir: where slot, queue and cache files live, opened once and checked before use.
+
+Every file in it is reached through the directory descriptor returned here (``dir_fd``)
+and opened with O_NOFOLLOW, so nobody can swap the directory or plant a symlink between
+the check and the use. A state dir is refused (misconfigured) when it is a symlink, not a
+directory, owned by someone other than root or the gate's own user, or world-writable
+without the sticky bit. It is created when missing (mode 0700 for the gate's own user);
+its parent must exist.
+
+Sharing one host budget between several unix users (one per client) works through a group:
+
+    groupadd borg-gate                      # the gate users, and nobody else
+    usermod -aG borg-gate alice             # for each client's unix user
+    install -d -o root -g borg-gate -m 2770 /run/borg-gate
+    # on systemd hosts, to survive reboots (/run is a tmpfs), in /etc/tmpfiles.d/borg-gate.conf:
+    #   d /run/borg-gate 2770 root borg-gate -
+
+The setgid bit makes every file created inside belong to the group whatever the creating
+user's primary group is; the gate creates its files with umask 007 (mode 0660), so each gate
+user can lock and update the files of the others. Only gate users may be in the group: a
+member who could run arbitrary code could hold slots forever (a denial of service, never a
+way around confinement, which borg serve enforces).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Final
+
+from borg_gate.errors import misconfigured
+
+DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+FILE_MODE: Final = 0o660  # group-writable: gate users sharing a budget through a setgid dir
+SHARED_UMASK: Final = 0o007
+
+HOWTO: Final = "create it with: install -d -m 2770 -g <gate group> DIR"
+
+
+def _check(path: str, st: os.stat_result) -> None:
+    if not stat.S_ISDIR(st.st_mode):
+        raise misconfigured(f"state dir {path}: not a directory")
+    if st.st_uid not in (0, os.geteuid()):
+        raise misconfigured(f"state dir {path}: owned by uid {st.st_uid}, not by root or this user")
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        raise misconfigured(f"state dir {path}: world-writable without the sticky bit")
+
+
+def open_dir(path: str, *, create: bool = True) -> int:
+    """A checked descriptor of the state dir, created (0700) if missing and ``create``.
+
+    Raises FileNotFoundError when it is missing and ``create`` is false, a misconfigured
+    Refusal when it is unsafe or cannot be made.
+    """
+    for _ in range(2):
+        try:
+            fd = os.open(path, DIR_FLAGS)
+        except FileNotFoundError:
+            if not create:
+                raise
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass  # a concurrent gate made it; open and check it
+            except OSError as exc:
+                raise misconfigured(f"state dir {path}: cannot create: {exc.strerror}; {HOWTO}") from None
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                kind = "a symlink" if os.path.islink(path) else "not a directory"
+                raise misconfigured(f"state dir {path}: {kind}") from None
+            raise misconfigured(f"state dir {path}: cannot open: {exc.strerror}") from None
+        try:
+            _check(path, os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    raise misconfigured(f"state dir {path}: vanished while being created")
+
+
+def open_file(dir_fd: int, name: str, *, create: bool = True, exclusive: bool = False) -> int:
+    """A regular file in the state dir, read-write, never through a symlink; raises OSError.
+
+    O_NONBLOCK keeps a FIFO planted under a slot's name from hanging the open; it changes
+    nothing for regular files, and anything else is refused.
+    """
+    flags = FILE_FLAGS | (os.O_CREAT if create else 0) | (os.O_EXCL if exclusive else 0)
+    fd = os.open(name, flags, FILE_MODE, dir_fd=dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", name)
+    return fd

@@ -1,0 +1,202 @@
+"""A backup host for the budget tests: the real gate as a process, a counting recorder as borg.
+
+``Site`` writes a config with the limits a test wants, starts gates the way sshd would
+(key options on the command line, SSH_ORIGINAL_COMMAND in the environment, fd 1 a pipe the
+test holds as "the client") and reads back what the recorders counted. ``Hold`` is a lock
+the test keeps while a recorder must keep running: releasing it ends that borg serve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from borg_gate import slots
+
+RECORDER = Path(__file__).with_name("recorder")
+PYTHON = sys.executable
+
+BASE_ENV: Mapping[str, str] = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "SSH_CONNECTION": "127.0.0.1 40000 127.0.0.1 22",
+    "SSH_CLIENT": "127.0.0.1 40000 22",
+    "SSH_ORIGINAL_COMMAND": "borg serve",
+}
+
+
+@dataclass
+class Gate:
+    """One connection: the gate process, and the read end of its stdout (the client's side)."""
+
+    proc: subprocess.Popen[bytes]
+    client: str
+    stdout: int  # our end of its fd 1; closing it is the client hanging up
+    stderr_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def hang_up(self) -> None:
+        if self.stdout >= 0:
+            os.close(self.stdout)
+            self.stdout = -1
+
+    def wait(self, timeout: float | None = None) -> int:
+        rc = self.proc.wait(timeout)
+        self.hang_up()
+        return rc
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+@dataclass
+class Hold:
+    """An exclusive lock on a file a recorder blocks on (shared) until the test lets go."""
+
+    path: Path
+    fd: int = -1
+
+    def __post_init__(self) -> None:
+        self.path.touch(mode=0o644)
+        self.fd = os.open(self.path, os.O_RDONLY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class Site:
+    root: Path
+    max_sessions: int = 4
+    per_client: int = 2
+    wait: float = 600
+    gates: list[Gate] = field(default_factory=list)
+    run_as: Sequence[str] = ()  # e.g. setpriv … --: run every gate as another user
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "bin").mkdir(exist_ok=True)
+        shutil.copy2(RECORDER, self.recorder)
+        self.write_config()
+
+    @property
+    def recorder(self) -> Path:
+        return self.root / "bin" / "borg"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "gate.jsonl"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    def write_config(self, extra: str = "") -> None:
+        self.config.write_text(
+            "[gate]\n"
+            f'state_dir = "{self.state_dir}"\n'
+            f'log_file = "{self.log_file}"\n'
+            "[limits]\n"
+            f"max_sessions = {self.max_sessions}\n"
+            f"max_sessions_per_client = {self.per_client}\n"
+            f"wait = {self.wait}\n"
+            "[repos]\n"
+            f'root = "{self.root}/repos/{{client}}"\n'
+            "[borg]\n"
+            'default = "borg"\n'
+            f'binaries = {{ borg = {{ path = "{self.recorder}", version = "1.2.4" }} }}\n' + extra
+        )
+
+    def spawn(
+        self, client: str, *key_args: str, env: Mapping[str, str] | None = None, hold: Hold | None = None
+    ) -> Gate:
+        read_end, write_end = os.pipe()
+        stderr_path = self.root / "stderr" / f"{len(self.gates)}.txt"
+        stderr_path.parent.mkdir(exist_ok=True)
+        full_env = {**BASE_ENV, "USER": client, "HOME": str(self.root), **(env or {})}
+        if hold is not None:
+            full_env["LC_SLOTS_HOLD"] = str(hold.path)
+        argv = [*self.run_as, PYTHON, "-m", "borg_gate", "--config", str(self.config), "--client", client, *key_args]
+        with open(stderr_path, "wb") as err:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=write_end, stderr=err, env=full_env, cwd=self.root
+            )
+        os.close(write_end)
+        gate = Gate(proc, client, read_end, stderr_path)
+        self.gates.append(gate)
+        return gate
+
+    def wait_all(self, timeout: float = 300) -> list[int]:
+        return [g.wait(timeout) for g in self.gates]
+
+    def kill_all(self) -> None:
+        for g in self.gates:
+            if g.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(g.pid, signal.SIGKILL)
+            g.wait()
+
+    # --- what the recorders wrote ---
+
+    def counter(self) -> dict[str, Any]:
+        path = self.root / "bin" / "counter.json"
+        return json.loads(path.read_text()) if path.exists() else {"running": {}, "max": {}}
+
+    def records(self) -> list[tuple[str, int, str, float, list[str]]]:
+        path = self.root / "bin" / "events.log"
+        out = []
+        for line in path.read_text().splitlines() if path.exists() else []:
+            what, pid, client, ts, *rest = line.split(" ")
+            out.append((what, int(pid), client, float(ts), rest[0].split(",") if rest and rest[0] else []))
+        return out
+
+    def started(self) -> dict[int, list[str]]:
+        """pid -> slots held, for every recorder that started."""
+        return {pid: held for what, pid, _, _, held in self.records() if what == "start"}
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        if not self.log_file.exists():
+            return []
+        found = [json.loads(line) for line in self.log_file.read_text().splitlines() if line.strip()]
+        return [e for e in found if name is None or e.get("event") == name]
+
+    def usage(self) -> list[slots.BudgetUsage]:
+        return slots.snapshot(str(self.state_dir), self.max_sessions, self.per_client)
+
+    def wait_for(self, predicate: Any, what: str, timeout: float = 60) -> None:
+        """Poll until ``predicate()`` holds: for waiting on other processes, never a speed claim."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"gave up after {timeout} s waiting for {what}")
+            time.sleep(0.02)
+
+
+def assert_all_free(site: Site) -> None:
+    for usage in site.usage():
+        assert usage.holders == () and usage.waiters == 0, usage
+
+
+def running(site: Site) -> Iterator[Gate]:
+    return (g for g in site.gates if g.proc.poll() is None)

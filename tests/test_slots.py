@@ -1,0 +1,263 @@
+"""Session slots through the real gate: state dir safety, slot records, refusals, kill -9, snapshot."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from borg_gate import slots, statedir
+from borg_gate.errors import Kind, Refusal
+from borg_gate.policy import Budget
+from tests.slots_support import Hold, Site, assert_all_free
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return Site(tmp_path / "host", max_sessions=1, per_client=2)
+
+
+def hold_slot(site: Site, name: str) -> int:
+    """The test itself holds a slot file, as a running borg serve would."""
+    site.state_dir.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(site.state_dir / name, os.O_RDWR | os.O_CREAT, 0o660)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+# --- the state dir -------------------------------------------------------------------------
+
+
+def test_missing_state_dir_is_created_private(site: Site) -> None:
+    assert not site.state_dir.exists()
+    assert site.spawn("alice").wait(60) == 0
+    st = site.state_dir.lstat()
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
+    assert {p.name for p in site.state_dir.glob("slot.*")} == {"slot.client.alice.0", "slot.host.0"}
+
+
+@pytest.mark.parametrize(
+    ("prepare", "reason"),
+    [
+        (lambda d: d.symlink_to(d.parent / "elsewhere"), "a symlink"),
+        (lambda d: (d.mkdir(), os.chown(d, 54321, 0)), "owned by uid 54321, not by root or this user"),
+        (lambda d: (d.mkdir(), d.chmod(0o777)), "world-writable without the sticky bit"),
+        (lambda d: d.write_text(""), "not a directory"),
+    ],
+)
+def test_unsafe_state_dir_is_refused(site: Site, prepare, reason: str) -> None:  # type: ignore[no-untyped-def]
+    (site.root / "elsewhere").mkdir(mode=0o700)
+    prepare(site.state_dir)
+    gate = site.spawn("alice")
+    assert gate.wait(60) == Kind.MISCONFIGURED
+    assert gate.stderr() == f"borg-gate: state dir {site.state_dir}: {reason}\n"
+    assert site.started() == {}
+
+
+def test_world_writable_sticky_state_dir_is_accepted(site: Site) -> None:
+    site.state_dir.mkdir()
+    site.state_dir.chmod(0o1777)
+    assert site.spawn("alice").wait(60) == 0
+    assert len(site.started()) == 1
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo"])
+def test_a_planted_slot_file_is_refused(site: Site, plant: str) -> None:
+    site.state_dir.mkdir(mode=0o700)
+    victim = site.root / "victim"
+    victim.write_text("do not touch\n")
+    if plant == "symlink":
+        (site.state_dir / "slot.client.alice.0").symlink_to(victim)
+    else:
+        os.mkfifo(site.state_dir / "slot.client.alice.0")
+    gate = site.spawn("alice")
+    assert gate.wait(60) == Kind.MISCONFIGURED
+    assert gate.stderr().startswith("borg-gate: state dir file slot.client.alice.0: ")
+    assert victim.read_text() == "do not touch\n"
+    assert site.started() == {}
+
+
+def test_versions_cache_lives_in_the_state_dir(site: Site) -> None:
+    config = site.config.read_text().replace(', version = "1.2.4"', "")
+    site.config.write_text(config)
+    assert site.spawn("alice").wait(60) == 0  # creates the state dir
+    assert site.spawn("alice").wait(60) == 0
+    assert (site.state_dir / "borg-versions.json").is_file()
+    assert str(site.recorder) in (site.state_dir / "borg-versions.json").read_text()
+
+
+# --- what a held slot says ----------------------------------------------------------------------
+
+
+def test_borg_serve_holds_its_slots_and_status_can_read_them(site: Site) -> None:
+    hold = Hold(site.root / "hold")
+    gate = site.spawn("alice", hold=hold)
+    site.wait_for(lambda: gate.pid in site.started(), "the recorder to start")
+    assert sorted(site.started()[gate.pid]) == ["slot.client.alice.0", "slot.host.0"]
+
+    (started,) = site.events("session.started")
+    assert started["slots"] == ["slot.client.alice.0", "slot.host.0"]
+    host, alice = site.usage()
+    assert (host.kind, host.name, host.limit, host.waiters) == ("host", "host", 1, 0)
+    assert (alice.kind, alice.name, alice.limit, alice.waiters) == ("client", "alice", 2, 0)
+    for usage in (host, alice):
+        (holder,) = usage.holders
+        assert holder.pid == gate.pid
+        assert holder.client == "alice"
+        assert holder.conn == started["conn"]
+        assert holder.binary == str(site.recorder)
+        assert holder.restrictions == (f"--restrict-to-path={site.root}/repos/alice",)
+        assert holder.user == "root"
+        assert holder.state == "serving"
+        assert holder.started is not None
+    assert alice.holders[0].slot_path == str(site.state_dir / "slot.client.alice.0")
+
+    hold.release()
+    assert gate.wait(60) == 0
+    assert_all_free(site)
+
+
+def test_kill_9_of_borg_serve_frees_its_slot_at_once(site: Site) -> None:
+    hold = Hold(site.root / "hold")
+    first = site.spawn("alice", hold=hold)
+    site.wait_for(lambda: first.pid in site.started(), "the recorder to start")
+    refused = site.spawn("bob", "--wait", "0")
+    assert refused.wait(60) == Kind.BUSY
+
+    os.kill(first.pid, signal.SIGKILL)
+    assert first.wait(60) == -signal.SIGKILL
+    # Reaped means dead, and a dead process holds no lock: the next connection gets in without waiting.
+    second = site.spawn("bob", "--wait", "0")
+    assert second.wait(60) == 0
+    assert second.pid in site.started()
+    assert_all_free(site)
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+
+def test_wait_0_refuses_at_once_naming_the_full_budget(site: Site) -> None:
+    fd = hold_slot(site, "slot.host.0")
+    gate = site.spawn("alice", "--wait", "0")
+    assert gate.wait(60) == Kind.BUSY
+    assert gate.stderr() == "borg-gate: server busy: 1/1 sessions in use, alice 1/2; waited 0.0 s\n"
+    (refused,) = site.events("connection.refused")
+    assert (refused["kind"], refused["budget"], refused["in_use"], refused["limit"]) == ("busy", "host", 1, 1)
+    assert site.events("session.queued") == []
+    os.close(fd)
+    assert_all_free(site)
+
+
+def test_a_full_client_budget_is_named_as_such(site: Site) -> None:
+    fd = hold_slot(site, "slot.client.alice.0")
+    gate = site.spawn("alice", "--wait", "0", "--max-sessions", "1")
+    assert gate.wait(60) == Kind.BUSY
+    assert gate.stderr() == "borg-gate: server busy: alice has 1/1 sessions in use (server 0/1); waited 0.0 s\n"
+    os.close(fd)
+
+
+def test_the_deadline_refuses_after_waiting_once(site: Site) -> None:
+    fd = hold_slot(site, "slot.host.0")
+    gate = site.spawn("alice", "--wait", "0.5")
+    assert gate.wait(60) == Kind.BUSY
+    said = gate.stderr().splitlines()
+    assert said[0] == "borg-gate: waiting for a session slot (1/1 in use)…"
+    assert said[1].startswith("borg-gate: server busy: 1/1 sessions in use, alice 1/2; waited 0.")
+    assert len(said) == 2
+    (queued,) = site.events("session.queued")
+    assert (queued["budget"], queued["in_use"], queued["limit"], queued["position"]) == ("host", 1, 1, 1)
+    # The refused waiter left nothing behind: the next one is head of the queue.
+    os.close(fd)
+    assert site.spawn("alice", "--wait", "0").wait(60) == 0
+    assert_all_free(site)
+
+
+# --- snapshot --------------------------------------------------------------------------------------
+
+
+def test_snapshot_of_a_missing_state_dir_creates_nothing(tmp_path: Path) -> None:
+    usage = slots.snapshot(str(tmp_path / "none"), 8, 2)
+    assert usage == [slots.BudgetUsage("host", "host", 8, (), 0)]
+    assert not (tmp_path / "none").exists()
+
+
+def test_snapshot_never_disturbs_a_connection(site: Site) -> None:
+    """A probing snapshot (flock LOCK_SH|LOCK_NB) would make some of these wait=0 gates see a busy slot."""
+    stop = threading.Event()
+    looks = 0
+
+    def look() -> None:
+        nonlocal looks
+        while not stop.is_set():
+            site.usage()
+            looks += 1
+
+    assert site.spawn("alice", "--wait", "0").wait(60) == 0  # the files exist from here on
+    watcher = threading.Thread(target=look)
+    watcher.start()
+    try:
+        codes = [site.spawn("alice", "--wait", "0", env={"LC_SLOTS_SECONDS": "0"}).wait(60) for _ in range(15)]
+    finally:
+        stop.set()
+        watcher.join()
+    assert codes == [0] * 15
+    assert looks > 15
+
+
+def test_snapshot_counts_waiters_and_a_client_slot_held_while_queued(site: Site) -> None:
+    fd = hold_slot(site, "slot.host.0")
+    gate = site.spawn("alice")
+    site.wait_for(lambda: site.usage()[0].waiters == 1, "the gate to queue")
+    host, alice = site.usage()
+    assert host.holders[0].pid == os.getpid() and host.holders[0].client is None  # ours: no record
+    (queued,) = alice.holders
+    assert (queued.pid, queued.state, queued.client) == (gate.pid, "queued", "alice")
+    os.close(fd)
+    assert gate.wait(60) == 0
+    assert_all_free(site)
+
+
+def test_a_refused_state_dir_raises_for_snapshot(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir(mode=0o777)
+    (tmp_path / "state").chmod(0o777)
+    with pytest.raises(Refusal, match="world-writable"):
+        slots.snapshot(str(tmp_path / "state"), 8, 2)
+
+
+# --- in-process: the pieces a gate process is made of ---------------------------------------------
+
+
+def quiet(*_: object, **__: object) -> None:
+    return None
+
+
+def test_acquire_in_process_takes_client_then_host_and_describes_both(tmp_path: Path) -> None:
+    session = slots.Session("alice", "c0ffee", "/usr/bin/borg", ("--restrict-to-path=/srv/alice",), "alice")
+    held = slots.acquire(str(tmp_path / "s"), "alice", Budget(2, 1, 0), session, say=quiet, emit=quiet, watch_fd=-1)
+    try:
+        assert held.slots == ["slot.client.alice.0", "slot.host.0"]
+        assert all(not os.get_inheritable(fd) for fd in held.fds)  # exec_serve makes them so, nobody earlier
+        with pytest.raises(Refusal) as refused:
+            slots.acquire(str(tmp_path / "s"), "alice", Budget(2, 1, 0), session, say=quiet, emit=quiet, watch_fd=-1)
+        assert refused.value.kind is Kind.BUSY
+        host, alice = slots.snapshot(str(tmp_path / "s"), 2, 1)
+        assert [h.conn for h in host.holders + alice.holders] == ["c0ffee", "c0ffee"]
+    finally:
+        for fd in held.fds:
+            os.close(fd)
+    assert all(u.holders == () for u in slots.snapshot(str(tmp_path / "s"), 2, 1))
+
+
+def test_open_file_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    fd = statedir.open_dir(str(tmp_path / "s"))
+    try:
+        os.mkdir("slot.host.0", dir_fd=fd)
+        with pytest.raises(OSError):
+            statedir.open_file(fd, "slot.host.0")
+    finally:
+        os.close(fd)
