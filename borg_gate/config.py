@@ -8,7 +8,9 @@ built-in defaults: a file named by --config or BORG_GATE_CONFIG must exist.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -250,14 +252,22 @@ def config_path(explicit: str | None, environ: Mapping[str, str]) -> tuple[str, 
 
 def load_config(path: str, required: bool) -> Config:
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(1 << 20)
+        # O_NONBLOCK: a FIFO (or device) at the path must not block the connection before fstat says no.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         if required:
             raise misconfigured(f"config {path}: file not found", config=path) from None
         return Config()
     except OSError as exc:
         raise misconfigured(f"config {path}: cannot read: {exc.strerror}", config=path) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise misconfigured(f"config {path}: not a regular file", config=path)
+        raw = os.read(fd, 1 << 20)
+    except OSError as exc:
+        raise misconfigured(f"config {path}: cannot read: {exc.strerror}", config=path) from None
+    finally:
+        os.close(fd)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +261,7 @@ def test_missing_explicit_file_is_refused(tmp_path: Path) -> None:
 def test_unreadable_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Refusal) as info:
         load_config(str(tmp_path), required=False)  # a directory: exists, cannot be read as a file
-    assert info.value.reason.startswith(f"config {tmp_path}: cannot read")
+    assert info.value.reason == f"config {tmp_path}: not a regular file"
 
 
 def test_non_utf8_file_is_refused(tmp_path: Path) -> None:
@@ -277,6 +280,16 @@ def test_loaded_file_is_parsed_and_named(tmp_path: Path) -> None:
     assert info.value.reason.startswith(f"config {path}:3: limits.bogus: unknown key")
     path.write_text("[limits]\nmax_sessions = 3\n")
     assert load_config(str(path), required=True).max_sessions == 3
+
+
+def test_config_that_is_a_fifo_does_not_hang_the_connection(tmp_path: Path) -> None:
+    """Opening a FIFO blocks until a writer comes; the client has no timeout, so it would wait forever."""
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    probe = f"from borg_gate.config import load_config\nload_config({str(fifo)!r}, True)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=20, check=False)
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[-1] == f"borg_gate.errors.Refusal: config {fifo}: not a regular file"
 
 
 # --------------------------------------------------------------------------- properties
