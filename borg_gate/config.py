@@ -20,6 +20,7 @@ from borg_gate.errors import misconfigured, shown
 
 DEFAULT_CONFIG_PATH: Final = "/etc/borg-gate/config.toml"
 CONFIG_ENV: Final = "BORG_GATE_CONFIG"
+MAX_CONFIG_BYTES: Final = 1 << 20
 
 NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 BORG_ENV_RE: Final = re.compile(r"BORG_[A-Z0-9_]{1,64}")
@@ -263,11 +264,13 @@ def load_config(path: str, required: bool) -> Config:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise misconfigured(f"config {path}: not a regular file", config=path)
-        raw = os.read(fd, 1 << 20)
+        raw = os.read(fd, MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise misconfigured(f"config {path}: cannot read: {exc.strerror}", config=path) from None
     finally:
         os.close(fd)
+    if len(raw) > MAX_CONFIG_BYTES:  # cut short, it could parse without its last settings
+        raise misconfigured(f"config {path}: larger than {MAX_CONFIG_BYTES} bytes", config=path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

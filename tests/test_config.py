@@ -272,6 +272,15 @@ def test_non_utf8_file_is_refused(tmp_path: Path) -> None:
     assert info.value.reason == f"config {path}: not UTF-8"
 
 
+def test_oversized_file_is_refused_not_truncated(tmp_path: Path) -> None:
+    """A file cut at the read limit could parse, minus its last settings: refuse instead."""
+    path = tmp_path / "big.toml"
+    path.write_text("# padding\n" * (1 << 17) + '[repos]\nroot = ""\n')
+    with pytest.raises(Refusal) as info:
+        load_config(str(path), required=True)
+    assert info.value.reason.startswith(f"config {path}: larger than")
+
+
 def test_loaded_file_is_parsed_and_named(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text("[limits]\nmax_sessions = 3\nbogus = 1\n")
