@@ -109,7 +109,7 @@ def _read_cache(cache_path: str) -> dict[str, dict[str, str]]:
     try:
         with open(cache_path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # absent, unreadable, not JSON, absurdly nested
         return {}
     return data if isinstance(data, dict) else {}
 

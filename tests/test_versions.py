@@ -181,6 +181,13 @@ def test_corrupt_cache_is_ignored_and_rewritten(tmp_path: Path) -> None:
     assert json.loads(cache.read_text())[str(binary)]["version"] == "1.2.4"
 
 
+def test_deeply_nested_cache_is_ignored(tmp_path: Path) -> None:
+    """json recurses per nesting level: a RecursionError must count as a bad cache, not crash the gate."""
+    binary = fake_borg(tmp_path / "bin", "1.2.4")
+    (tmp_path / versions.CACHE_NAME).write_text("[" * 100_000 + "]" * 100_000)
+    assert resolve(spec(binary), str(tmp_path)).version == v("1.2.4")
+
+
 def test_unwritable_state_dir_still_detects(tmp_path: Path) -> None:
     binary = fake_borg(tmp_path / "bin", "1.2.4")
     assert resolve(spec(binary), str(tmp_path / "missing")).version == v("1.2.4")
