@@ -18,9 +18,11 @@ from typing import Final
 from borg_gate.config import BinarySpec
 from borg_gate.errors import misconfigured, shown
 
-VERSION_RE: Final = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)(?:(a|b|rc)([0-9]+))?")
+VERSION_RE: Final = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)(?:(a|b|rc)([0-9]+))?(?:\.dev([0-9]+))?")
 CACHE_NAME: Final = "borg-versions.json"
 PRE_RANK: Final = {"a": 0, "b": 1, "rc": 2, None: 3}
+DEV_RANK: Final = -1  # X.Y.Z.devN comes before X.Y.Za0 (PEP 440)
+NOT_DEV: Final = 1 << 62  # a release sorts after all of its .devN builds
 
 
 @dataclass(frozen=True, order=True)
@@ -28,8 +30,9 @@ class BorgVersion:
     major: int
     minor: int
     patch: int
-    pre_rank: int = 3  # a < b < rc < final
+    pre_rank: int = 3  # dev < a < b < rc < final
     pre_num: int = 0
+    dev: int = NOT_DEV  # a git build (2.0.0b18.dev2) may lack what its release has: it sorts before it
     text: str = ""
 
     @classmethod
@@ -37,7 +40,9 @@ class BorgVersion:
         m = VERSION_RE.search(text)
         if not m:
             raise ValueError(f"no borg version in {text!r}")
-        return cls(int(m[1]), int(m[2]), int(m[3]), PRE_RANK[m[4]], int(m[5] or 0), m[0])
+        dev = NOT_DEV if m[6] is None else int(m[6])
+        pre_rank = DEV_RANK if m[4] is None and m[6] is not None else PRE_RANK[m[4]]
+        return cls(int(m[1]), int(m[2]), int(m[3]), pre_rank, int(m[5] or 0), dev, m[0])
 
     def __str__(self) -> str:
         return self.text

@@ -32,10 +32,12 @@ ORDERED = [
     "1.2.0",
     "1.2.4",
     "1.4.5",
+    "2.0.0.dev0",
     "2.0.0a2",
     "2.0.0b5",
     "2.0.0b9",
     "2.0.0b10",
+    "2.0.0b22.dev3",
     "2.0.0b22",
     "2.0.0rc1",
     "2.0.0",
@@ -55,6 +57,7 @@ def test_versions_order() -> None:
     [
         ("borg 1.2.4\n", "1.2.4"),
         ("borg2 2.0.0b5\n", "2.0.0b5"),
+        ("borg 2.0.0b22.dev3+g1234abc\n", "2.0.0b22.dev3"),
         ("borg-linux64 1.4.5", "1.4.5"),
     ],
 )
@@ -80,6 +83,8 @@ def test_prereleases_come_before_their_release(major: int, minor: int, patch: in
     if pre:
         pre_release = v(f"{major}.{minor}.{patch}{pre}{num}")
         assert pre_release < release
+        assert v(f"{major}.{minor}.{patch}{pre}{num}.dev1") < pre_release
+    assert v(f"{major}.{minor}.{patch}.dev{num}") < release
     assert release < v(f"{major}.{minor}.{patch + 1}")
 
 
@@ -92,6 +97,7 @@ FEATURES = {
     "2.0.0b15": (True, True, False, False, False),
     "2.0.0b16": (False, False, False, False, False),
     "2.0.0b17": (False, False, False, False, False),
+    "2.0.0b18.dev2": (False, False, False, False, False),
     "2.0.0b18": (False, False, True, False, False),
     "2.0.0b21": (False, False, True, False, False),
     "2.0.0b22": (False, False, True, True, True),
