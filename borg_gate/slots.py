@@ -34,9 +34,9 @@ Waiting costs no CPU
     pipe from those threads and on fd 1, which reports POLLERR/POLLHUP as soon as sshd
     closes the session's pipes: an abandoned waiter leaves at once and never takes a slot.
 
-``snapshot`` is for ``status``/``metrics``: it only reads. It learns which files are locked,
-and by which pid, from /proc/locks instead of probing with flock: a probe that briefly got a
-free slot would make a concurrent connection with ``wait = 0`` see it busy and be refused.
+``Holder``, ``BudgetUsage`` and ``snapshot`` (for ``status``/``metrics``) live in slotstatus,
+which reads /proc/locks and never takes a lock; they are reachable here by name but loaded
+only when asked for, as a connection that does not wait never needs them.
 
 Several unix users can share one host budget through a setgid group dir: see statedir.
 """
@@ -47,12 +47,9 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import select
-import stat
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from borg_gate import statedir
@@ -62,6 +59,20 @@ from borg_gate.policy import Budget
 if TYPE_CHECKING:
     import threading
 
+    from borg_gate.slotstatus import BudgetUsage as BudgetUsage
+    from borg_gate.slotstatus import Holder as Holder
+    from borg_gate.slotstatus import snapshot as snapshot
+
+
+def __getattr__(name: str) -> Any:
+    """``Holder``, ``BudgetUsage`` and ``snapshot`` live in slotstatus, loaded only by those who ask."""
+    if name in ("BudgetUsage", "Holder", "snapshot"):
+        from borg_gate import slotstatus
+
+        return getattr(slotstatus, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 LINK_WIDTH: Final = 128  # a ticket file starts with its predecessor's name, padded: one pwrite rewrites it
 QUEUE_WIDTH: Final = 160  # "<seq> <tail ticket name>", padded
 ANNOUNCE_AFTER: Final = 0.2  # behind a live ticket, say "waiting" only if it does not move on by then
@@ -69,63 +80,51 @@ MAX_THREADS: Final = 128  # slots beyond this many are re-tried every RECHECK se
 RECHECK: Final = 1.0
 GONE: Final = select.POLLERR | select.POLLHUP
 
-SLOT_RE: Final = re.compile(r"slot\.(host|client\.([A-Za-z0-9][A-Za-z0-9._-]{0,63}))\.([0-9]{1,5})")
-TICKET_RE: Final = re.compile(r"ticket\.(host|client\.([A-Za-z0-9][A-Za-z0-9._-]{0,63}))\.([0-9]{12})\.[0-9a-f]{8}")
+HEX: Final = frozenset("0123456789abcdef")
 
 Say = Callable[[str], None]
 Emit = Callable[..., None]
 
 
-@dataclass(frozen=True)
+# Values on the connection path are plain classes with __slots__: each @dataclass costs ~0.8 ms
+# of import time, and a connection's whole budget is ~30 ms.
+
+
 class Session:
     """What a held slot file tells ``status`` about the connection that holds it."""
 
-    client: str
-    conn: str
-    binary: str
-    restrictions: tuple[str, ...] = ()
-    user: str | None = None
+    __slots__ = ("binary", "client", "conn", "restrictions", "user")
+
+    def __init__(
+        self, client: str, conn: str, binary: str, restrictions: tuple[str, ...] = (), user: str | None = None
+    ) -> None:
+        self.client = client
+        self.conn = conn
+        self.binary = binary
+        self.restrictions = restrictions
+        self.user = user
 
 
-@dataclass
 class Held:
     """Slots taken for one connection; their descriptors are inherited by borg serve."""
 
-    fds: list[int] = field(default_factory=list)
-    waited: float = 0.0
-    slots: list[str] = field(default_factory=list)
+    __slots__ = ("fds", "slots", "waited")
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self.waited = 0.0
+        self.slots: list[str] = []
 
 
-@dataclass(frozen=True)
-class Holder:
-    slot_path: str
-    pid: int | None
-    client: str | None
-    conn: str | None
-    started: float | None
-    binary: str | None
-    restrictions: tuple[str, ...]
-    user: str | None
-    state: str | None = None  # "serving", or "queued" for a client slot held while waiting for a host slot
-    waited: float | None = None
-
-
-@dataclass(frozen=True)
-class BudgetUsage:
-    kind: str  # "host" or "client"
-    name: str  # "host" or the client name
-    limit: int
-    holders: tuple[Holder, ...]
-    waiters: int
-
-
-@dataclass(frozen=True)
 class Level:
     """One budget: the host's or a client's."""
 
-    kind: str
-    name: str
-    limit: int
+    __slots__ = ("kind", "limit", "name")
+
+    def __init__(self, kind: str, name: str, limit: int) -> None:
+        self.kind = kind
+        self.name = name
+        self.limit = limit
 
     @property
     def key(self) -> str:
@@ -136,45 +135,6 @@ class Level:
 
     def usage(self, in_use: int) -> str:
         return f"{in_use}/{self.limit}" if self.kind == "host" else f"{self.name} {in_use}/{self.limit}"
-
-
-# --- lock table (read-only view of who holds what) -------------------------------------------
-
-
-DevIno = tuple[int, int, int]
-
-
-def lock_table() -> dict[DevIno, int]:
-    """(major, minor, inode) -> pid of every granted flock on this host, from /proc/locks."""
-    with open("/proc/locks", "rb") as fh:
-        data = fh.read()
-    table: dict[DevIno, int] = {}
-    for line in data.splitlines():
-        # "3: FLOCK  ADVISORY  WRITE 12903 fe:00:2149467 0 EOF"; blocked requests read "3: -> FLOCK …"
-        parts = line.split()
-        if len(parts) < 6 or parts[1] != b"FLOCK":
-            continue
-        with contextlib.suppress(ValueError):
-            major, minor, ino = parts[5].split(b":")
-            table[(int(major, 16), int(minor, 16), int(ino))] = int(parts[4])
-    return table
-
-
-def _devino(st: os.stat_result) -> DevIno:
-    return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-
-
-def _locked(dir_fd: int, name: str, table: dict[DevIno, int]) -> int | None:
-    """The pid holding ``name``'s flock, or None when it is free or gone."""
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError:
-        return None
-    return table.get(_devino(st)) if stat.S_ISREG(st.st_mode) else None
-
-
-def _in_use(dir_fd: int, level: Level, table: dict[DevIno, int]) -> int:
-    return sum(_locked(dir_fd, level.slot(i), table) is not None for i in range(level.limit))
 
 
 # --- descriptors ------------------------------------------------------------------------------
@@ -295,12 +255,16 @@ class _Blocker:
 # --- tickets ----------------------------------------------------------------------------------
 
 
-@dataclass
 class Ticket:
-    fd: int
-    name: str
-    pred: str
-    seq: int
+    """Our place in a queue: a locked file whose first bytes name whom we wait for."""
+
+    __slots__ = ("fd", "name", "pred", "seq")
+
+    def __init__(self, fd: int, name: str, pred: str, seq: int) -> None:
+        self.fd = fd
+        self.name = name
+        self.pred = pred
+        self.seq = seq
 
     def set_link(self, name: str) -> None:
         os.pwrite(self.fd, name.ljust(LINK_WIDTH).encode(), 0)
@@ -316,10 +280,22 @@ class Ticket:
         _close([self.fd])
 
 
+def _is_ticket(name: str, level: Level) -> bool:
+    """``ticket.<budget>.<12-digit seq>.<8 hex>`` of this budget (no regex: its compile costs ~1 ms)."""
+    prefix = f"ticket.{level.key}."
+    rest = name[len(prefix) :]
+    return (
+        name.startswith(prefix)
+        and len(rest) == 21
+        and rest[:12].isdigit()
+        and rest[12] == "."
+        and HEX.issuperset(rest[13:])
+    )
+
+
 def _read_link(fd: int, level: Level) -> str:
     name = os.pread(fd, LINK_WIDTH, 0).decode("ascii", "replace").strip()
-    m = TICKET_RE.fullmatch(name)
-    return name if m and m[1] == level.key else ""
+    return name if _is_ticket(name, level) else ""
 
 
 def _join(dir_fd: int, level: Level, info: dict[str, Any]) -> Ticket:
@@ -338,24 +314,13 @@ def _join(dir_fd: int, level: Level, info: dict[str, Any]) -> Ticket:
                 continue
         if not _try_lock(fd):  # nobody knows the name yet
             raise misconfigured(f"state dir file {name}: locked by someone else")
-        m = TICKET_RE.fullmatch(tail)
-        ticket = Ticket(fd, name, tail if m and m[1] == level.key else "", seq)
+        ticket = Ticket(fd, name, tail if _is_ticket(tail, level) else "", seq)
         body = json.dumps({**info, "queue": level.key, "since": time.time()}, separators=(",", ":"))
         os.pwrite(fd, (ticket.pred.ljust(LINK_WIDTH) + "\n" + body + "\n").encode(), 0)
         os.pwrite(qfd, f"{seq} {name}".ljust(QUEUE_WIDTH).encode(), 0)
         return ticket
     finally:
         os.close(qfd)  # releases the queue lock
-
-
-def _position(dir_fd: int, level: Level, ticket: Ticket, table: dict[DevIno, int]) -> int:
-    """1 + the live tickets ahead of ours in this queue."""
-    ahead = 0
-    for name in os.listdir(dir_fd):
-        m = TICKET_RE.fullmatch(name)
-        if m and m[1] == level.key and int(m[3]) < ticket.seq and _locked(dir_fd, name, table):
-            ahead += 1
-    return ahead + 1
 
 
 # --- one connection's way to its slots --------------------------------------------------------
@@ -385,9 +350,11 @@ class _Acquirer:
         if level.kind in self.queued:
             return
         self.queued.add(level.kind)
-        table = lock_table()
-        in_use = _in_use(self.dir_fd, level, table)
-        position = _position(self.dir_fd, level, ticket, table) if ticket else 1
+        from borg_gate import slotstatus
+
+        table = slotstatus.lock_table()
+        in_use = slotstatus.in_use(self.dir_fd, level, table)
+        position = slotstatus.position(self.dir_fd, level.key, ticket.seq, table) if ticket else 1
         self.emit(
             "session.queued",
             budget=level.kind,
@@ -403,10 +370,12 @@ class _Acquirer:
 
     def busy(self, level: Level) -> Refusal:
         waited = time.monotonic() - self.start
-        table = lock_table()
-        mine = _in_use(self.dir_fd, level, table)
+        from borg_gate import slotstatus
+
+        table = slotstatus.lock_table()
+        mine = slotstatus.in_use(self.dir_fd, level, table)
         other = self.client if level is self.host else self.host
-        theirs = _in_use(self.dir_fd, other, table)
+        theirs = slotstatus.in_use(self.dir_fd, other, table)
         if level is self.host:
             text = f"{self.host.usage(mine)} sessions in use, {self.client.usage(theirs)}"
         else:
@@ -577,102 +546,3 @@ def acquire(
     finally:
         os.close(dir_fd)
         os.umask(umask)
-
-
-# --- status -----------------------------------------------------------------------------------
-
-
-def _read_info(dir_fd: int, name: str) -> dict[str, Any]:
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
-        return {}
-    try:
-        data = os.read(fd, 65536)
-    except OSError:
-        return {}
-    finally:
-        os.close(fd)
-    try:
-        record = json.loads(data)
-    except ValueError:
-        return {}  # being written right now, or never was
-    return record if isinstance(record, dict) else {}
-
-
-def _holder(path: str, pid: int, record: dict[str, Any]) -> Holder:
-    if record.get("pid") != pid and pid > 0:
-        record = {}  # left by an earlier holder: the new one has not written yet
-    rest = record.get("restrictions")
-
-    def text(key: str) -> str | None:
-        value = record.get(key)
-        return value if isinstance(value, str) else None
-
-    def number(key: str) -> float | None:
-        value = record.get(key)
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-    return Holder(
-        slot_path=path,
-        pid=pid if pid > 0 else (record["pid"] if isinstance(record.get("pid"), int) else None),
-        client=text("client"),
-        conn=text("conn"),
-        started=number("started"),
-        binary=text("binary"),
-        restrictions=tuple(r for r in rest if isinstance(r, str)) if isinstance(rest, list) else (),
-        user=text("user"),
-        state=text("state"),
-        waited=number("waited"),
-    )
-
-
-def snapshot(state_dir: str, host_limit: int, client_limit: int) -> list[BudgetUsage]:
-    """Who holds which slot and how many wait, per budget: the host first, then each busy client.
-
-    Read-only: takes no lock, creates nothing, so it can never make a connection wait or
-    be refused. A client's limit is the one its newest holder was admitted under (a key's
-    --max-sessions), else ``client_limit``. Raises OSError when /proc/locks is unreadable,
-    a misconfigured Refusal when the state dir is unsafe.
-    """
-    try:
-        dir_fd = statedir.open_dir(state_dir, create=False)
-    except FileNotFoundError:
-        return [BudgetUsage("host", "host", host_limit, (), 0)]
-    try:
-        table = lock_table()
-        holders: dict[str, list[Holder]] = {"host": []}
-        waiters: dict[str, int] = {"host": 0}
-        limits: dict[str, tuple[float, int]] = {}
-        for name in sorted(os.listdir(dir_fd), key=_natural):
-            slot, ticket = SLOT_RE.fullmatch(name), TICKET_RE.fullmatch(name)
-            match = slot or ticket
-            if not match:
-                continue
-            pid = _locked(dir_fd, name, table)
-            if pid is None:
-                continue
-            key = match[1]
-            holders.setdefault(key, [])
-            waiters.setdefault(key, 0)
-            if ticket:
-                waiters[key] += 1
-                continue
-            record = _read_info(dir_fd, name)
-            holder = _holder(os.path.join(state_dir, name), pid, record)
-            holders[key].append(holder)
-            if holder.started is not None and isinstance(record.get("limit"), int):
-                limits[key] = max(limits.get(key, (0.0, 0)), (holder.started, record["limit"]))
-    finally:
-        os.close(dir_fd)
-    usages = [BudgetUsage("host", "host", host_limit, tuple(holders["host"]), waiters["host"])]
-    for key in sorted(k for k in holders if k != "host"):
-        name = key.removeprefix("client.")
-        limit = limits[key][1] if key in limits else client_limit
-        usages.append(BudgetUsage("client", name, limit, tuple(holders[key]), waiters[key]))
-    return usages
-
-
-def _natural(name: str) -> tuple[str, int]:
-    head, _, tail = name.rpartition(".")
-    return (head, int(tail)) if tail.isdigit() else (name, -1)
