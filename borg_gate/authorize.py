@@ -186,6 +186,19 @@ def install(path: str, line: str, key: authkeys.PublicKey) -> str:
         os.close(dfd)  # also releases the lock
 
 
+def new_file_owner(path: str, parent: os.stat_result) -> tuple[int, int, int]:
+    """(mode, uid, gid) for a new authorized_keys file: sshd reads it with its user's rights.
+
+    In a user's own directory (~/.ssh) it is the user's, 0600. In a root-owned directory
+    (AuthorizedKeysFile /etc/ssh/authorized_keys/%u) it is root's and readable, 0644, so the
+    user can read but not change it; root's own keys stay 0600.
+    """
+    if parent.st_uid != 0:
+        return 0o600, parent.st_uid, parent.st_gid
+    user = check.keys_owner(path, parent)
+    return (0o600 if user is not None and user.uid == 0 else 0o644), 0, parent.st_gid
+
+
 def _write(path: str, directory: str, dfd: int, data: bytes, st: os.stat_result | None) -> None:
     base = os.path.basename(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
@@ -196,9 +209,7 @@ def _write(path: str, directory: str, dfd: int, data: bytes, st: os.stat_result 
             if st is not None:
                 mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
             else:
-                # sshd reads the file as its user: a new file belongs to the directory's owner
-                dst = os.fstat(dfd)
-                mode, uid, gid = 0o600, dst.st_uid, dst.st_gid
+                mode, uid, gid = new_file_owner(path, os.fstat(dfd))
             os.fchmod(fh.fileno(), mode)
             if (uid, gid) != (os.geteuid(), os.getegid()):
                 try:

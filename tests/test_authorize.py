@@ -219,6 +219,8 @@ def test_install_creates_adds_replaces_and_is_idempotent(
 ) -> None:
     ssh = tmp_path / "home" / ".ssh"
     ssh.mkdir(parents=True, mode=0o700)
+    if os.geteuid() == 0:  # a user's ~/.ssh, as root edits it
+        os.chown(ssh, pwd.getpwnam("nobody").pw_uid, pwd.getpwnam("nobody").pw_gid)
     target = ssh / "authorized_keys"
     ed, ed2 = str(keydir / "ed.pub"), str(keydir / "ed2.pub")
 
@@ -315,6 +317,15 @@ def test_new_file_belongs_to_the_directorys_owner(
     assert install(ssh / "authorized_keys", capsys, "--client", "a", str(keydir / "ed.pub"))[0] == 0
     st = (ssh / "authorized_keys").stat()
     assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o600, *owner)
+
+
+def test_new_file_in_a_root_owned_directory() -> None:
+    """AuthorizedKeysFile /etc/ssh/authorized_keys/%u: root's file, readable by the user sshd reads it as."""
+    root_dir = os.stat_result((0o40755, 1, 1, 1, 0, 0, 0, 0, 0, 0))
+    assert authorize.new_file_owner("/etc/ssh/authorized_keys/nobody", root_dir) == (0o644, 0, 0)
+    assert authorize.new_file_owner("/root/.ssh/authorized_keys", root_dir) == (0o600, 0, 0)
+    user_dir = os.stat_result((0o40700, 1, 1, 1, 1000, 1001, 0, 0, 0, 0))
+    assert authorize.new_file_owner("/home/u/.ssh/authorized_keys", user_dir) == (0o600, 1000, 1001)
 
 
 def test_install_refuses_a_symlink(keydir: Path, cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
