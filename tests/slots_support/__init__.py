@@ -175,6 +175,16 @@ class Site:
         """pid -> slots held, for every recorder that started."""
         return {pid: held for what, pid, _, _, held in self.records() if what == "start"}
 
+    def running_now(self) -> list[str]:
+        """Clients of the recorders alive right now, read so that all of them were alive at one instant.
+
+        The records are read first, then each process polled: one found alive after the read
+        was alive at the first poll too (it had started before the read), so every one counted
+        was alive at that first poll. Exact, even for sessions that get killed.
+        """
+        starts = {pid: client for what, pid, client, *_ in self.records() if what == "start"}
+        return [starts[g.pid] for g in self.gates if g.pid in starts and g.proc.poll() is None]
+
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         if not self.log_file.exists():
             return []

@@ -1,0 +1,113 @@
+"""Several unix users, one per client, sharing one host budget through a setgid group dir.
+
+Real users (created here if missing, as root) run real gates through setpriv, exactly as
+sshd would run each client's forced command as that client's user.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from borg_gate.errors import Kind
+from tests.slots_support import Site, assert_all_free
+
+GROUP = "bgslot"
+USERS = ("bgslot-a", "bgslot-b")
+
+
+def ensure_users() -> None:
+    subprocess.run(["groupadd", "-f", GROUP], check=True)
+    for user in USERS:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-G", GROUP, user], check=True)
+        if user not in grp.getgrnam(GROUP).gr_mem:
+            subprocess.run(["usermod", "-aG", GROUP, user], check=True)
+
+
+def as_user(user: str) -> list[str]:
+    pw = pwd.getpwnam(user)
+    return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"]
+
+
+@pytest.fixture
+def shared_root() -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.fail("this test creates unix users and runs gates as them: run it as root (CI does)")
+    ensure_users()
+    root = Path(tempfile.mkdtemp(prefix="bgslot-", dir="/tmp"))  # pytest's tmp_path is root-only
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root)
+
+
+def shared_site(root: Path, mode: int) -> tuple[Site, Site]:
+    """One host (config, state dir, recorder) as seen by each of the two users."""
+    site_a = Site(root, max_sessions=2, per_client=1, run_as=as_user(USERS[0]))
+    site_b = Site(root, max_sessions=2, per_client=1, run_as=as_user(USERS[1]))
+    for path in (root / "bin" / "counter.json", root / "bin" / "events.log", site_a.log_file):
+        path.touch()
+        path.chmod(0o666)  # the recorders and gates write these as either user
+    site_a.state_dir.mkdir()
+    os.chown(site_a.state_dir, 0, grp.getgrnam(GROUP).gr_gid)
+    site_a.state_dir.chmod(mode)
+    return site_a, site_b
+
+
+def test_two_users_share_one_host_budget_through_a_setgid_group_dir(shared_root: Path) -> None:
+    site_a, site_b = shared_site(shared_root, 0o2770)
+    for n in range(15):
+        site_a.spawn("alice", env={"LC_SLOTS_SECONDS": "0.05"})
+        site_b.spawn("bob", env={"LC_SLOTS_SECONDS": "0.05"})
+    gates = site_a.gates + site_b.gates
+    assert [g.wait(300) for g in gates] == [0] * 30, [g.stderr() for g in gates]
+    started = site_a.started()
+    assert set(started) == {g.pid for g in gates}
+    counted = site_a.counter()
+    assert counted["max"]["host"] == 2 and counted["max"]["alice"] == 1 and counted["max"]["bob"] == 1, counted
+
+    gid = grp.getgrnam(GROUP).gr_gid
+    owners = set()
+    for path in site_a.state_dir.iterdir():
+        st = path.lstat()
+        owners.add(pwd.getpwuid(st.st_uid).pw_name)
+        assert st.st_gid == gid, path
+        if path.name.startswith(("slot.", "queue.")):
+            assert stat.S_IMODE(st.st_mode) == 0o660, path
+    assert {"slot.host.0", "slot.host.1"} <= {p.name for p in site_a.state_dir.iterdir()}
+    assert owners == set(USERS)  # each made its own client files; both locked the shared host slots
+    assert_all_free(site_a)
+
+
+def test_without_the_setgid_bit_the_other_user_is_locked_out_and_told(shared_root: Path) -> None:
+    """What the docs warn about: files get the creator's own group, so the next user cannot open them."""
+    site_a, site_b = shared_site(shared_root, 0o770)
+    assert site_a.spawn("alice", env={"LC_SLOTS_SECONDS": "0"}).wait(60) == 0
+    refused = site_b.spawn("bob", "--wait", "0")
+    assert refused.wait(60) == Kind.MISCONFIGURED
+    assert refused.stderr() == "borg-gate: state dir file slot.host.0: Permission denied\n"
+
+
+def test_a_state_dir_owned_by_another_gate_user_is_refused(shared_root: Path) -> None:
+    site_a, site_b = shared_site(shared_root, 0o2770)
+    os.chown(site_a.state_dir, pwd.getpwnam(USERS[0]).pw_uid, grp.getgrnam(GROUP).gr_gid)
+    assert site_a.spawn("alice", env={"LC_SLOTS_SECONDS": "0"}).wait(60) == 0
+    refused = site_b.spawn("bob")
+    assert refused.wait(60) == Kind.MISCONFIGURED
+    uid = pwd.getpwnam(USERS[0]).pw_uid
+    assert (
+        refused.stderr() == f"borg-gate: state dir {site_b.state_dir}: owned by uid {uid}, not by root or this user\n"
+    )
