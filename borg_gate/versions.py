@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from typing import Final
 
@@ -92,6 +91,8 @@ def _identity(st: os.stat_result) -> str:
 
 def detect_version(path: str) -> BorgVersion:
     """Ask the binary itself. stdin is /dev/null: the client's first request is not ours to read."""
+    import subprocess  # here, not at the top: only a detection (new or upgraded binary) pays for it
+
     try:
         out = subprocess.run(
             [path, "--version"],

@@ -6,6 +6,8 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -234,6 +236,25 @@ def test_detection_never_reads_the_clients_stdin(tmp_path: Path) -> None:
     binary.chmod(0o755)
     assert resolve(spec(binary), str(tmp_path)).version == v("1.2.4")
     assert (tmp_path / "stdin").read_text() == "/dev/null\n"
+
+
+def test_subprocess_is_imported_only_to_detect(tmp_path: Path) -> None:
+    """subprocess costs ~2-5 ms per connection; only a detection (once per binary upgrade) needs it."""
+    binary = fake_borg(tmp_path / "bin", "1.2.4")
+    probe = (
+        "import sys\n"
+        "from borg_gate.config import BinarySpec\n"
+        "from borg_gate.versions import resolve\n"
+        f"resolve(BinarySpec('borg', {str(binary)!r}, '1.2.4'), {str(tmp_path)!r})\n"
+        "assert 'subprocess' not in sys.modules, 'stated version'\n"
+        f"resolve(BinarySpec('borg', {str(binary)!r}), {str(tmp_path)!r})\n"
+        f"resolve(BinarySpec('borg', {str(binary)!r}), {str(tmp_path)!r})\n"
+        "assert 'subprocess' in sys.modules, 'detection ran'\n"
+    )
+    cached = probe.replace("'subprocess' in sys.modules, 'detection ran'", "'subprocess' not in sys.modules, 'cached'")
+    subprocess.run([sys.executable, "-I", "-c", probe], check=True, capture_output=True)
+    out = subprocess.run([sys.executable, "-I", "-c", cached], check=False, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 @pytest.mark.parametrize("version", VERSIONS)
