@@ -7,6 +7,7 @@ arbitrary SSH_ORIGINAL_COMMANDs, key lines and config files at the real process.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -61,6 +62,14 @@ def test_interactive_login(host: Host) -> None:
     outcome = host.run(None, ["--client", "alice"])
     assert outcome.returncode == int(Kind.BAD_COMMAND)
     assert "interactive login is not allowed" in assert_clean_refusal(outcome)
+
+
+def test_non_utf8_bytes_in_the_command(host: Host) -> None:
+    """sshd passes bytes; Python sees surrogate escapes. Refused, and shown as ASCII escapes."""
+    outcome = host.run(os.fsdecode(b"borg serve --info \xff\xfe"), ["--client", "alice"])
+    assert outcome.returncode == int(Kind.BAD_COMMAND)
+    line = assert_clean_refusal(outcome)
+    assert line == "control character '\\udcff' in command"
 
 
 def test_broken_key_line(host: Host) -> None:
