@@ -217,9 +217,24 @@ class Site:
             return None
         if cfg.source != path:
             self.report.add(INFO, "config-default", "no config file: the gate uses its built-in defaults", path)
+        else:
+            self._writable(path)
         for spec in cfg.binaries.values():
             self.borgs[(path, spec.name)] = self._binary(path, spec)
         return cfg
+
+    def _writable(self, path: str) -> None:
+        """Whoever can edit the config chooses the binaries every backup user runs."""
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            if st.st_mode & 0o022:
+                self.report.add(
+                    WARNING,
+                    "config-writable",
+                    f"mode {stat.S_IMODE(st.st_mode):o}: users other than {owner_name(st.st_uid)} can change "
+                    "the config, and with it the binaries every backup user runs",
+                    path,
+                )
 
     def _binary(self, source: str, spec: BinarySpec) -> versions.Borg | None:
         try:
@@ -751,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         action="extend",
         default=[],
-        help="authorized_keys files to check (repeatable)",
+        help="authorized_keys files to check (repeatable; none: only the config and sshd are checked)",
     )
     p.add_argument("--sshd-config", metavar="FILE", help="read this sshd_config instead of `sshd -T`")
     p.add_argument("--no-sshd", action="store_true", help="skip the sshd settings")

@@ -412,6 +412,13 @@ def test_binaries_missing_or_misdescribed(site: Site) -> None:
     assert "says 1.2.4" in only(report, "binary-version").message
 
 
+def test_config_writable_by_others(site: Site) -> None:
+    site.config.chmod(0o664)
+    assert only(site.run([]), "config-writable").severity == WARNING
+    site.config.chmod(0o644)
+    assert [f for f in site.run([]).findings if f.code == "config-writable"] == []
+
+
 def test_key_config_of_its_own(site: Site) -> None:
     site.client_dir("a")
     other = site.root / "other.toml"
