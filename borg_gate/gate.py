@@ -47,7 +47,8 @@ def refuse(refusal: Refusal, log: EventLog) -> NoReturn:
 
 def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
     conn = connection.current(environ)
-    log = EventLog(conn, config.Config().log_file)  # until the config says where
+    defaults = config.Config()
+    log = EventLog(conn, defaults.log_file, state_dir=defaults.state_dir)  # until the config says where
     try:
         # 1. The sysadmin's key line and config. Broken means refuse: fail closed.
         key = keyopts.parse_key_options(argv)
@@ -57,7 +58,7 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
         except Refusal as exc:
             log.emit("config.error", reason=exc.reason, config=path)
             raise
-        log = EventLog(conn, cfg.log_file)
+        log = EventLog(conn, cfg.log_file, syslog=cfg.syslog, state_dir=cfg.state_dir)
         client = policy.client_name(key, conn.unix_user)
         log.bind(client=client)
 
@@ -76,8 +77,12 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
         held = slots.acquire(cfg.state_dir, client, plan.budget, session, say=say, emit=log.emit)
         log.emit("session.started", waited=round(held.waited, 3), slots=held.slots, argv=list(plan.argv))
 
-        # 5. borg serve takes over this process, holding the slots.
+        # 5. borg serve takes over this process, holding the slots (or runs as its child, supervised).
         env = execute.borg_environment(environ, cfg.borg_env)
+        if plan.supervise:
+            from borg_gate import supervise  # only supervised connections pay for it
+
+            supervise.run(plan.argv, env, cfg.umask, held.fds, log)
         execute.exec_serve(plan.argv, env, cfg.umask, held.fds)
     except Refusal as refusal:
         refuse(refusal, log)

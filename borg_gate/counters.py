@@ -1,0 +1,244 @@
+"""Monotonic counters behind ``borg-gate metrics``, kept in the state dir.
+
+They are incremented on the connection path, so: stdlib only, one short critical section.
+Each unix user has its own ``counters-<uid>.json``, updated in place under an exclusive
+fcntl.flock on that file (readers take a shared one), so concurrent gates never lose an
+increment and a reader never sees half an update. One file per user: nobody ever writes
+another user's file, whatever the state dir's sticky bit and group say.
+
+In place rather than temp file + rename: on ext4 a rename over a file forces a data flush
+(auto_da_alloc), ~0.5 ms per event against ~0.06 ms in place (bench/logging_cost.py). The
+file only grows in blocks reserved with posix_fallocate before writing, and every write
+covers the whole file (JSON padded with spaces), so a full disk refuses the reservation and
+loses this increment, never the totals. A power cut in mid-write could garble the file;
+it then starts over at zero, which Prometheus' rate() and increase() take as a counter
+reset, as they do the reset after a reboot when the state dir is on tmpfs (/run).
+
+fcntl.flock rather than the filelock package: filelock's import alone costs ~30-40 ms per
+connection, more than the gate's whole budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from borg_gate import statedir
+from borg_gate.errors import Refusal
+
+PREFIX: Final = "counters-"
+FILE_MODE: Final = 0o644  # counts only, no secrets: status works for anyone who can read the state dir
+FLAGS: Final = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO planted here cannot hang us
+BLOCK: Final = 4096
+_LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
+SERIES_RE: Final = re.compile(rf"[a-zA-Z_:][a-zA-Z0-9_:]*(\{{{_LABEL}(,{_LABEL})*\}})?")
+
+REFUSALS: Final = "borg_gate_refusals_total"
+STARTED: Final = "borg_gate_sessions_started_total"
+ENDED: Final = "borg_gate_sessions_ended_total"
+QUEUED: Final = "borg_gate_queued_total"
+WAITED: Final = "borg_gate_wait_seconds_total"
+CPU: Final = "borg_gate_session_cpu_seconds_total"
+READ: Final = "borg_gate_session_read_bytes_total"
+WRITTEN: Final = "borg_gate_session_written_bytes_total"
+CONFIG_ERRORS: Final = "borg_gate_config_errors_total"
+SINK_FAILURES: Final = "borg_gate_sink_failures_total"
+
+HELP: Final = {
+    STARTED: "Sessions that took their slots and started borg serve.",
+    ENDED: "Sessions whose borg serve ended (supervise mode only).",
+    REFUSALS: "Connections refused, by reason (the gate's exit code kind).",
+    QUEUED: "Connections that had to wait for a slot, by the budget that was full.",
+    WAITED: "Seconds connections spent waiting for a slot (started or refused).",
+    CPU: "CPU seconds used by ended borg serve sessions (supervise mode only).",
+    READ: "Bytes read by ended borg serve sessions, all files and pipes (supervise mode only).",
+    WRITTEN: "Bytes written by ended borg serve sessions, all files and pipes (supervise mode only).",
+    CONFIG_ERRORS: "Connections that found the config file broken.",
+    SINK_FAILURES: "Events a log sink failed to take (file, syslog, render).",
+}
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def series(metric: str, /, **labels: object) -> str:
+    """A series in Prometheus' text syntax: ``metric{a="x",b="y"}`` (labels sorted)."""
+    if not labels:
+        return metric
+    inner = ",".join(f'{k}="{_label(str(v))}"' for k, v in sorted(labels.items()))
+    return f"{metric}{{{inner}}}"
+
+
+def family(key: str) -> str:
+    return key.split("{", 1)[0]
+
+
+def by_label(values: Mapping[str, float], name: str, label: str) -> dict[str, float]:
+    """The series of family ``name`` summed per value of ``label`` (for status' tables)."""
+    pattern = re.compile(rf'[{{,]{label}="((?:[^"\\]|\\.)*)"')
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        if family(key) == name:
+            m = pattern.search(key)
+            raw = m.group(1) if m else ""
+            text = re.sub(r"\\(.)", lambda e: "\n" if e[1] == "n" else e[1], raw)
+            out[text] = out.get(text, 0.0) + value
+    return out
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value) if value > 0 else 0.0
+
+
+def from_event(record: Mapping[str, Any], errors: Mapping[str, str]) -> dict[str, float]:
+    """What one event adds to the counters (the failed sinks included)."""
+    event = record.get("event")
+    client = str(record.get("client", ""))
+    inc: dict[str, float] = {}
+    if event == "connection.refused":
+        inc[series(REFUSALS, reason=record.get("kind", "unknown"))] = 1
+    elif event == "session.started":
+        inc[series(STARTED, client=client)] = 1
+    elif event == "session.queued":
+        inc[series(QUEUED, budget=record.get("budget", "unknown"))] = 1
+    elif event == "session.ended":
+        inc[series(ENDED, client=client)] = 1
+        inc[series(CPU, client=client)] = _number(record.get("cpu_seconds"))
+        inc[series(READ, client=client)] = _number(record.get("bytes_read"))
+        inc[series(WRITTEN, client=client)] = _number(record.get("bytes_written"))
+    elif event == "config.error":
+        inc[CONFIG_ERRORS] = 1
+    if event in ("session.started", "connection.refused") and _number(record.get("waited")):
+        inc[series(WAITED, client=client)] = _number(record.get("waited"))
+    for sink in errors:
+        inc[series(SINK_FAILURES, sink=sink)] = 1
+    return inc
+
+
+@dataclass
+class Totals:
+    """Counters summed over every user's file, and each file's latest sink error."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    last_errors: list[dict[str, Any]] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _values(data: Mapping[str, Any], *, checked: bool) -> dict[str, float]:
+    values = data.get("values")
+    if not isinstance(values, dict):
+        return {}
+    if not checked:  # the writer keeps whatever is there; readers filter
+        return {k: _number(v) for k, v in values.items()}
+    # a hand-edited or foreign file must not smuggle lines into the metrics output
+    return {k: _number(v) for k, v in values.items() if isinstance(k, str) and SERIES_RE.fullmatch(k)}
+
+
+def _read(fd: int) -> bytes:
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, 1 << 16, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _open_dir(state_dir: str) -> int | None:
+    """The state dir, checked as the slots check it; None if missing or unsafe (counting is best effort)."""
+    try:
+        return statedir.open_dir(state_dir, create=False)
+    except (OSError, Refusal):
+        return None
+
+
+def add(state_dir: str, increments: Mapping[str, float], errors: Mapping[str, str] | None = None) -> bool:
+    """Add to this user's counters under its lock; False if the state dir would not take it."""
+    if not increments and not errors:
+        return True
+    dir_fd = _open_dir(state_dir)
+    if dir_fd is None:
+        return False
+    try:
+        fd = os.open(f"{PREFIX}{os.getuid()}.json", os.O_RDWR | os.O_CREAT | FLAGS, FILE_MODE, dir_fd=dir_fd)
+    except OSError:
+        return False
+    finally:
+        os.close(dir_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held for one read and one write: microseconds
+        raw = _read(fd)
+        data = _parse(raw)
+        values = _values(data, checked=False)
+        for key, amount in increments.items():
+            values[key] = values.get(key, 0.0) + amount
+        out: dict[str, Any] = {"values": values}
+        if errors:
+            sink, error = next(iter(errors.items()))
+            out["last_error"] = {"ts": time.time(), "sink": sink, "error": error}
+        elif isinstance(data.get("last_error"), dict):
+            out["last_error"] = data["last_error"]
+        text = json.dumps(out, separators=(",", ":")).encode() + b"\n"
+        size = len(raw)
+        if len(text) > size:
+            size = -(-len(text) // BLOCK) * BLOCK
+            os.posix_fallocate(fd, 0, size)  # ENOSPC here leaves the file as it was
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, FILE_MODE)  # readable by status whatever the umask was at creation
+        return os.pwrite(fd, text.ljust(size), 0) == size
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def load(state_dir: str) -> Totals:
+    """Sum every user's counters (read-only: a shared lock on each file, held for one read)."""
+    totals = Totals()
+    dir_fd = _open_dir(state_dir)
+    if dir_fd is None:
+        return totals
+    try:
+        names = sorted(os.listdir(dir_fd))
+        for name in names:
+            if not (name.startswith(PREFIX) and name.endswith(".json")):
+                continue
+            try:
+                fd = os.open(name, os.O_RDONLY | FLAGS, dir_fd=dir_fd)
+            except OSError:
+                totals.unreadable.append(name)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                data = _parse(_read(fd))
+            except OSError:
+                totals.unreadable.append(name)
+                continue
+            finally:
+                os.close(fd)
+            for key, value in _values(data, checked=True).items():
+                totals.values[key] = totals.values.get(key, 0.0) + value
+            last = data.get("last_error")
+            if isinstance(last, dict):
+                totals.last_errors.append({"file": name, **last})
+    finally:
+        os.close(dir_fd)
+    totals.last_errors.sort(key=lambda e: _number(e.get("ts")))
+    return totals

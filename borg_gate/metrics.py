@@ -1,0 +1,83 @@
+"""``borg-gate metrics [--output FILE] [--config FILE]``: Prometheus text exposition.
+
+Meant for node_exporter's textfile collector (run it from cron or a systemd timer with
+``--output /var/lib/prometheus/node-exporter/borg-gate.prom``) or any scraper that runs a
+command. Gauges come from a read-only slot snapshot; counters from the state dir's counter
+files (borg_gate.counters), summed over every unix user that ran the gate. ``--output`` is
+replaced atomically: a temp file in the same directory, not ending in .prom so the
+collector never reads it half written, then a rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+
+from borg_gate import counters, slotstatus
+from borg_gate.errors import Kind
+from borg_gate.status import admin_parser, budgets, guarded, load_config
+
+GAUGES = {
+    "borg_gate_sessions_in_use": "Sessions holding a slot of this budget now.",
+    "borg_gate_sessions_limit": "Slots in this budget (the configured limit).",
+    "borg_gate_waiters": "Connections waiting for a slot of this budget now.",
+}
+
+
+def _value(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def exposition(usage: Sequence[slotstatus.BudgetUsage], values: Mapping[str, float]) -> str:
+    lines: list[str] = []
+    table = budgets(usage)
+    for name, help_text in GAUGES.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        for b in table:
+            value = {"borg_gate_sessions_in_use": b.in_use, "borg_gate_sessions_limit": b.limit}.get(name, b.waiters)
+            labels = {"budget": "host"} if b.kind == "host" else {"budget": "client", "client": b.name}
+            lines.append(f"{counters.series(name, **labels)} {value}")
+    # Fixed label sets start at 0, so a dashboard has a series before the first event.
+    totals: dict[str, float] = {counters.series(counters.REFUSALS, reason=k.label): 0.0 for k in Kind}
+    totals.update({counters.series(counters.SINK_FAILURES, sink=s): 0.0 for s in ("file", "syslog")})
+    totals[counters.CONFIG_ERRORS] = 0.0
+    totals.update(values)
+    for name, help_text in counters.HELP.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+        lines += [f"{key} {_value(v)}" for key, v in sorted(totals.items()) if counters.family(key) == name]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path: str, data: str) -> None:
+    directory, base = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), 0o644)  # the collector may run as another user
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def main(argv: list[str]) -> int:
+    parser = admin_parser("metrics", __doc__ or "")
+    parser.add_argument("--output", metavar="FILE", help="replace FILE atomically instead of printing")
+    args = parser.parse_args(argv)
+
+    def work() -> None:
+        cfg = load_config(args.config)
+        usage = slotstatus.snapshot(cfg.state_dir, cfg.max_sessions, cfg.max_sessions_per_client)
+        text = exposition(usage, counters.load(cfg.state_dir).values)
+        if args.output:
+            write_atomically(args.output, text)
+        else:
+            sys.stdout.write(text)
+
+    return guarded("metrics", work)
