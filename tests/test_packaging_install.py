@@ -173,3 +173,22 @@ def test_pip_install_into_a_venv(world_dir: Path) -> None:
     assert out.returncode == 0, out.stderr
     record = json.loads((borg.parent / "record.json").read_text())
     assert record["argv"] == [str(borg), "serve", "--debug", "--restrict-to-path=/srv/venv"]
+
+
+def test_pipx_install_system_wide_serves_a_backup_user(world_dir: Path) -> None:
+    """The README's pipx way: a system-wide PIPX_HOME from /usr/bin/python3, run by a backup user."""
+    ensure_user(MEMBER, GROUP)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(world_dir),
+        "PIPX_HOME": str(world_dir / "pipx"),
+        "PIPX_BIN_DIR": str(world_dir / "pipx-bin"),
+    }
+    subprocess.run(["pipx", "install", "--python", SYSTEM_PYTHON, str(REPO)], env=env, check=True, capture_output=True)
+    borg = recorder(world_dir / "pipx-recorder", MEMBER)
+    cfg = world_dir / "pipx-config.toml"
+    cfg.write_text(f'[gate]\nlog_file = ""\n[borg.binaries]\nborg = {{ path = "{borg}", version = "1.2.4" }}\n')
+    out = connect(as_member(world_dir / "pipx-bin/borg-gate"), "borg serve", ["--config", str(cfg), "--client", "px"])
+    assert out.returncode == 0, out.stderr
+    record = json.loads((borg.parent / "record.json").read_text())
+    assert record["argv"] == [str(borg), "serve", "--restrict-to-path=/srv/borg/px"]
