@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -52,6 +53,17 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * SIZE_FACTORS[m.group(2)])
 
 
+class _Formatter(argparse.HelpFormatter):
+    # argparse's default asks shutil for the terminal width: importing shutil (bz2, lzma, …)
+    # costs every connection ~2-3 ms for help text it never prints. os alone can ask.
+    def __init__(self, prog: str) -> None:
+        try:
+            width = os.get_terminal_size(2).columns - 2
+        except OSError:
+            width = 78
+        super().__init__(prog, width=width)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise misconfigured(f"key line: {shown(message, 160)}")
@@ -64,6 +76,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="borg-gate",
+        formatter_class=_Formatter,
         description=(
             "Forced command for borg repositories: vets SSH_ORIGINAL_COMMAND, confines the key, "
             "takes a session slot and execs borg serve. Put it in authorized_keys as "

@@ -231,6 +231,18 @@ def test_parse_size_computes_what_borg_computes(number: int, fraction: str, unit
     assert parse_size(f"{number}{fraction}{unit}") == int(float(f"{number}{fraction}") * factor)
 
 
+def test_parsing_a_key_line_does_not_import_shutil() -> None:
+    """argparse's default help formatter imports shutil (and bz2, lzma, …) for the terminal width: ~2-3 ms."""
+    probe = (
+        "import sys\n"
+        "from borg_gate.keyopts import parse_key_options\n"
+        "parse_key_options(['--client', 'alice', '--append-only', '--restrict-to-path', '/srv'])\n"
+        "assert 'shutil' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+
+
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help_is_shown_and_exits_zero(flag: str) -> None:
     """A person running ``borg-gate --help`` gets the usage and rc 0, not an internal-error refusal."""
