@@ -373,3 +373,28 @@ def test_unknown_binary_refused_naming_the_hosts(site: Site, pypi_borgs: dict[st
     assert result.returncode == 2
     assert "borg-gate: this server has no 'borg-1.1'; it offers: borg, borg-1.4, borg-2.0b22, borg2" in result.stderr
     assert [e["exit_code"] for e in site.events("connection.refused")] == [211]
+
+
+def test_borg1_repository_transfers_to_borg22(site: Site, pypi_borgs: dict[str, str], tmp_path: Path) -> None:
+    """borg's migration path: a 2.0b22 client holds rest:// (new) and legacy ssh:// (old) at once.
+
+    Both go to 2.0b22's serve (BORG_REMOTE_PATH): ``--rest`` for the new repository, legacy
+    mode reading the borg 1.x one. In 2.0b22 the "/" after ssh://host is a separator, so an
+    absolute path needs "//", as for rest://.
+    """
+    old = session(site, pypi_borgs, "1.2.4")
+    src = harness.make_tree(tmp_path / "src")
+    old.init(old.url("v1")).check()
+    old.create(old.url("v1"), "from-1.2", src).check()
+
+    new = Session(site, borgs(pypi_borgs)["2.0.0b22"], old.key, old.repos, env={"BORG_REMOTE_PATH": "borg-2.0b22"})
+    legacy = f"ssh://{USER}@127.0.0.1:{site.sshd.port}/{old.repos / 'v1'}"
+    repo = new.url("v2")
+    new.borg("-r", repo, "repo-create", "--encryption=none", "--other-repo", legacy, "--from-borg1").check()
+    new.borg("-r", repo, "transfer", "--other-repo", legacy, "--from-borg1").check()
+    assert new.names(repo) == ["from-1.2"]
+    new.extract(repo, "from-1.2", tmp_path / "out").check()
+    assert harness.tree_digest(tmp_path / "out" / src.relative_to("/")) == harness.tree_digest(src)
+    started = site.events("session.started")
+    commands = {e["command"].split(" --backend")[0] for e in started if e["binary"] == new.client.path}
+    assert commands == {"borg-2.0b22 serve", "borg-2.0b22 serve --rest"}
