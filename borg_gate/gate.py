@@ -75,7 +75,9 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
         # 4. A session slot: per-client first, then host-wide; may queue until the deadline.
         session = slots.Session(client, conn.id, spec.path, tuple(plan.confinement.options()), conn.unix_user)
         held = slots.acquire(cfg.state_dir, client, plan.budget, session, say=say, emit=log.emit)
-        log.emit("session.started", waited=round(held.waited, 3), slots=held.slots, argv=list(plan.argv))
+        log.emit(
+            "session.started", waited=round(held.waited, 3), slots=held.slots, queues=held.queues, argv=list(plan.argv)
+        )
 
         # 5. borg serve takes over this process, holding the slots (or runs as its child, supervised).
         env = execute.borg_environment(environ, cfg.borg_env)

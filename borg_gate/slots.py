@@ -108,12 +108,13 @@ class Session:
 class Held:
     """Slots taken for one connection; their descriptors are inherited by borg serve."""
 
-    __slots__ = ("fds", "slots", "waited")
+    __slots__ = ("fds", "queues", "slots", "waited")
 
     def __init__(self) -> None:
         self.fds: list[int] = []
         self.waited = 0.0
         self.slots: list[str] = []
+        self.queues: dict[str, dict[str, float]] = {}  # budget -> ticket number, joined and granted (unix time)
 
 
 class Level:
@@ -133,8 +134,10 @@ class Level:
     def slot(self, index: int) -> str:
         return f"slot.{self.key}.{index}"
 
-    def usage(self, in_use: int) -> str:
-        return f"{in_use}/{self.limit}" if self.kind == "host" else f"{self.name} {in_use}/{self.limit}"
+    def usage(self, in_use: int | None, *, named: bool = True) -> str:
+        """``3/8`` or ``alice 2/2``; ``?`` when /proc/locks could not be read."""
+        count = f"{'?' if in_use is None else in_use}/{self.limit}"
+        return f"{self.name} {count}" if named and self.kind == "client" else count
 
 
 # --- descriptors ------------------------------------------------------------------------------
@@ -258,13 +261,15 @@ class _Blocker:
 class Ticket:
     """Our place in a queue: a locked file whose first bytes name whom we wait for."""
 
-    __slots__ = ("fd", "name", "pred", "seq")
+    __slots__ = ("fd", "joined", "level", "name", "pred", "seq")
 
-    def __init__(self, fd: int, name: str, pred: str, seq: int) -> None:
+    def __init__(self, level: Level, fd: int, name: str, pred: str, seq: int) -> None:
+        self.level = level
         self.fd = fd
         self.name = name
         self.pred = pred
         self.seq = seq
+        self.joined = time.time()
 
     def set_link(self, name: str) -> None:
         os.pwrite(self.fd, name.ljust(LINK_WIDTH).encode(), 0)
@@ -314,7 +319,7 @@ def _join(dir_fd: int, level: Level, info: dict[str, Any]) -> Ticket:
                 continue
         if not _try_lock(fd):  # nobody knows the name yet
             raise misconfigured(f"state dir file {name}: locked by someone else")
-        ticket = Ticket(fd, name, tail if _is_ticket(tail, level) else "", seq)
+        ticket = Ticket(level, fd, name, tail if _is_ticket(tail, level) else "", seq)
         body = json.dumps({**info, "queue": level.key, "since": time.time()}, separators=(",", ":"))
         os.pwrite(fd, (ticket.pred.ljust(LINK_WIDTH) + "\n" + body + "\n").encode(), 0)
         os.pwrite(qfd, f"{seq} {name}".ljust(QUEUE_WIDTH).encode(), 0)
@@ -344,24 +349,33 @@ class _Acquirer:
         self.emit = emit
         self.said = False
         self.queued: set[str] = set()  # budgets this connection waited for
+        self.tickets: dict[str, dict[str, float]] = {}
 
-    def announce(self, level: Level, ticket: Ticket | None) -> None:
+    def counts(self, *levels: Level, ticket: Ticket | None = None) -> tuple[list[int | None], int | None]:
+        """Slots in use per level and our place in line, from /proc/locks (None where unreadable)."""
+        from borg_gate import slotstatus
+
+        try:
+            table = slotstatus.lock_table()
+        except OSError:
+            return [None] * len(levels), None
+        used: list[int | None] = [slotstatus.in_use(self.dir_fd, level, table) for level in levels]
+        return used, slotstatus.position(self.dir_fd, ticket.level.key, ticket.seq, table) if ticket else None
+
+    def announce(self, level: Level, ticket: Ticket) -> None:
         """Once per budget: the event; once per connection: the stderr line."""
         if level.kind in self.queued:
             return
         self.queued.add(level.kind)
-        from borg_gate import slotstatus
-
-        table = slotstatus.lock_table()
-        in_use = slotstatus.in_use(self.dir_fd, level, table)
-        position = slotstatus.position(self.dir_fd, level.key, ticket.seq, table) if ticket else 1
+        (in_use,), position = self.counts(level, ticket=ticket)
         self.emit(
             "session.queued",
             budget=level.kind,
             in_use=in_use,
             limit=level.limit,
             position=position,
-            ticket=ticket.seq if ticket else None,
+            ticket=ticket.seq,
+            joined=round(ticket.joined, 6),
             wait=self.wait,
         )
         if not self.said:
@@ -370,16 +384,12 @@ class _Acquirer:
 
     def busy(self, level: Level) -> Refusal:
         waited = time.monotonic() - self.start
-        from borg_gate import slotstatus
-
-        table = slotstatus.lock_table()
-        mine = slotstatus.in_use(self.dir_fd, level, table)
         other = self.client if level is self.host else self.host
-        theirs = slotstatus.in_use(self.dir_fd, other, table)
+        (mine, theirs), _ = self.counts(level, other)
         if level is self.host:
             text = f"{self.host.usage(mine)} sessions in use, {self.client.usage(theirs)}"
         else:
-            text = f"{self.client.name} has {mine}/{level.limit} sessions in use (server {self.host.usage(theirs)})"
+            text = f"{level.name} has {level.usage(mine, named=False)} sessions in use (server {other.usage(theirs)})"
         return busy(
             f"server busy: {text}; waited {_seconds(waited)} s",
             budget=level.kind,
@@ -388,7 +398,7 @@ class _Acquirer:
             waited=round(waited, 3),
         )
 
-    def block(self, fds: Sequence[int], level: Level, ticket: Ticket | None, grace: bool) -> int:
+    def block(self, fds: Sequence[int], level: Level, ticket: Ticket, grace: bool) -> int:
         """Wait for one of ``fds`` (which the blocker then owns); the index of the one now locked."""
         blocker = _Blocker(fds, self.watch_fd)
         try:
@@ -413,11 +423,13 @@ class _Acquirer:
                 raise self.busy(level)
             return got
         ticket = _join(self.dir_fd, level, {"pid": os.getpid()})
+        self.tickets[level.kind] = {"ticket": ticket.seq, "joined": round(ticket.joined, 6)}
         granted = False
         try:
             self.reach_head(ticket, level)
             got = self.head(level, ticket)
             granted = True
+            self.tickets[level.kind]["granted"] = round(time.time(), 6)
             return got
         except _Expired:
             raise self.busy(level) from None
@@ -535,6 +547,7 @@ def acquire(
                 held.fds.append(fd)
                 held.slots.append(level.slot(index))
         held.waited = time.monotonic() - acq.start
+        held.queues = acq.tickets
         if acq.queued and _client_gone(watch_fd):
             raise Refusal(Kind.CLIENT_GONE, "the client went away while queued for a session slot")
         for fd, level in zip(held.fds, levels, strict=True):

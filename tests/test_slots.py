@@ -261,3 +261,20 @@ def test_open_file_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
             statedir.open_file(fd, "slot.host.0")
     finally:
         os.close(fd)
+
+
+def test_without_proc_locks_the_refusal_still_names_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from borg_gate import slotstatus
+
+    def unreadable() -> dict[tuple[int, int, int], int]:
+        raise PermissionError(13, "Permission denied", "/proc/locks")
+
+    state = str(tmp_path / "s")
+    session = slots.Session("alice", "c1", "/usr/bin/borg")
+    first = slots.acquire(state, "bob", Budget(1, 2, 0), session, say=quiet, emit=quiet, watch_fd=-1)
+    monkeypatch.setattr(slotstatus, "lock_table", unreadable)
+    with pytest.raises(Refusal) as refused:
+        slots.acquire(state, "alice", Budget(1, 2, 0), session, say=quiet, emit=quiet, watch_fd=-1)
+    assert refused.value.reason == "server busy: ?/1 sessions in use, alice ?/2; waited 0.0 s"
+    for fd in first.fds:
+        os.close(fd)

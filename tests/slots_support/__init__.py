@@ -175,6 +175,11 @@ class Site:
         """pid -> slots held, for every recorder that started."""
         return {pid: held for what, pid, _, _, held in self.records() if what == "start"}
 
+    def started_at(self, pid: int) -> float:
+        """When the recorder exec'd as ``pid`` wrote its start record (unix time)."""
+        (at,) = [t for what, p, _, t, _ in self.records() if what == "start" and p == pid]
+        return at
+
     def running_now(self) -> list[str]:
         """Clients of the recorders alive right now, read so that all of them were alive at one instant.
 
