@@ -6,16 +6,19 @@ when borg serve ends (as in exec mode), the client sees EOF as soon as borg clos
 stdout, and the supervisor cannot write to the protocol channel even by mistake. If the
 supervisor is killed, borg serve keeps serving and keeps its slots.
 
-Accounting without psutil and without a race: ``waitid(WNOWAIT)`` waits for the child to
-exit but leaves it a zombie, so /proc/<pid>/io (bytes through every read/write call,
-pipes and repository files alike, including reaped helpers) can still be read under its
-pid; ``wait4`` then reaps it and returns its rusage (CPU seconds, max RSS).
+Accounting without psutil and without a race: ``wait4`` returns the child's rusage (CPU
+seconds, max RSS), and reaping it makes the kernel add its I/O counts (bytes through every
+read/write call, pipes and repository files alike, its own reaped helpers included) to
+ours, so /proc/self/io read just before and just after ``wait4`` gives them by difference.
+Reading /proc/<child>/io of the zombie instead works only for root: since Linux 5.x a
+zombie's /proc files belong to root (seen on 6.18: EACCES for the same unprivileged user).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import time
 from collections.abc import Iterable, Mapping
@@ -48,19 +51,35 @@ class Ended:
     io: Mapping[str, int]  # bytes_read, bytes_written (all read/write calls), disk_read, disk_written
 
 
-def read_io(pid: int) -> dict[str, int]:
-    """/proc/<pid>/io, renamed; empty if the kernel would not tell (no task I/O accounting)."""
+def read_io(path: str = "/proc/self/io") -> tuple[dict[str, int], int]:
+    """A /proc io file, renamed, and how many bytes reading it took; empty if the kernel would not tell."""
     try:
-        with open(f"/proc/{pid}/io", encoding="ascii") as fh:
-            text = fh.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return {}
+        return {}, 0
+    try:
+        raw = os.read(fd, 4096)  # one read: its byte count is subtracted from rchar below
+    except OSError:
+        return {}, 0
+    finally:
+        os.close(fd)
     out: dict[str, int] = {}
-    for line in text.splitlines():
+    for line in raw.decode("ascii", "replace").splitlines():
         name, _, value = line.partition(":")
         if name in IO_FIELDS and value.strip().isdigit():
             out[IO_FIELDS[name]] = int(value)
-    return out
+    return out, len(raw)
+
+
+def reap(pid: int) -> tuple[int, resource.struct_rusage, dict[str, int]]:
+    """wait4 for the child, and the I/O it did, as the growth of our own counts at the reap."""
+    before, cost = read_io()
+    _, status, usage = os.wait4(pid, 0)
+    after, _ = read_io()
+    io = {k: after[k] - before[k] for k in before if k in after}
+    if "bytes_read" in io:
+        io["bytes_read"] -= cost  # our own read of /proc/self/io, counted between the two readings
+    return status, usage, io
 
 
 class _Forwarder:
@@ -138,11 +157,10 @@ def _let_go(keep_fds: Iterable[int]) -> None:
 
 
 def wait(pid: int, forward: _Forwarder, started: float) -> Ended:
-    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # a zombie now: its /proc entry stays readable
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # ended, not yet reaped: signals still reach a zombie
     duration = time.monotonic() - started
-    io = read_io(pid)
     forward.child = 0  # reaping frees the pid for reuse: forward nothing after this
-    _, status, usage = os.wait4(pid, 0)
+    status, usage, io = reap(pid)
     code = os.waitstatus_to_exitcode(status)
     signame = None
     if code < 0:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import traceback
 from pathlib import Path
 
 import psutil
@@ -142,10 +144,34 @@ def test_exec_failure_is_a_refusal(tmp_path: Path) -> None:
     assert events(host, "session.ended") == []
 
 
-def test_read_io_of_a_zombie() -> None:
-    """The accounting relies on /proc/<pid>/io staying readable until the child is reaped."""
-    proc = subprocess.Popen(["head", "-c", "3000000", "/dev/zero"], stdout=subprocess.DEVNULL)
-    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-    io = supervise.read_io(proc.pid)
-    proc.wait()
-    assert io["bytes_read"] >= 3_000_000 and io["bytes_written"] >= 3_000_000
+def test_io_of_a_reaped_child_as_an_unprivileged_user() -> None:
+    """The accounting: our own /proc/self/io grows by the child's I/O when we reap it, for any user."""
+    r, w = os.pipe()
+    helper = os.fork()
+    if helper == 0:  # a process of an unprivileged user, running the already imported code
+        try:
+            os.close(r)
+            os.chdir("/")
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                # dropping root makes a process non-dumpable, its /proc files root's; sshd's exec of the
+                # gate as the user resets that, so do the same here: prctl(PR_SET_DUMPABLE, 1)
+                ctypes.CDLL(None, use_errno=True).prctl(4, 1, 0, 0, 0)
+            pid = os.fork()
+            if pid == 0:
+                os.execv("/bin/sh", ["sh", "-c", "head -c 3000000 /dev/zero > /dev/null"])
+            status, _usage, io = supervise.reap(pid)
+            os.write(w, f"{io['bytes_read']} {io['bytes_written']} {os.waitstatus_to_exitcode(status)}".encode())
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as fh:
+        report = fh.read()
+    os.waitpid(helper, 0)
+    read, written, code = map(int, report.split())
+    assert code == 0
+    assert 3_000_000 <= read < 3_000_000 + (1 << 20) and 3_000_000 <= written < 3_000_000 + (1 << 16)
