@@ -46,21 +46,34 @@ def serve_processes(site: Site) -> list[psutil.Process]:
     return found
 
 
-def test_status_and_metrics_during_a_real_borg_session(site: Site, tmp_path: Path) -> None:
+def alice_repo(site: Site, options: str) -> tuple[harness.ClientKey, Path, str]:
+    """alice's key on bgate-a with these key options, her repos dir, and a new repository in it."""
     alice = site.key("alice")
     repos = site.repo_dir("alice", owner="bgate-a")
-    site.authorize("bgate-a", (alice, "--client alice"))
+    site.authorize("bgate-a", (alice, options))
     repo = site.repo_url("bgate-a", repos / "main")
     site.borg(["init", "--encryption=none", repo], alice).check()
+    return alice, repos, repo
 
-    # `borg with-lock` keeps its borg serve session open while a local command runs: here, until told
+
+def holding_client(
+    site: Site, key: harness.ClientKey, repo: str, tmp_path: Path
+) -> tuple[Path, threading.Thread, list[harness.Result]]:
+    """A real client session that stays open: `borg with-lock` runs a local command until ``go`` exists."""
     ready, go = tmp_path / "ready", tmp_path / "go"
     hold = f"touch {ready}; while [ ! -e {go} ]; do sleep 0.05; done"  # runs once borg serve has locked the repo
     results: list[harness.Result] = []
-    client = threading.Thread(target=lambda: results.append(site.borg(["with-lock", repo, "sh", "-c", hold], alice)))
+    client = threading.Thread(target=lambda: results.append(site.borg(["with-lock", repo, "sh", "-c", hold], key)))
     client.start()
+    wait_for(ready.exists, "the client holding the repository lock")
+    return go, client, results
+
+
+def test_status_and_metrics_during_a_real_borg_session(site: Site, tmp_path: Path) -> None:
+    alice, repos, repo = alice_repo(site, "--client alice")
+
+    go, client, results = holding_client(site, alice, repo, tmp_path)
     try:
-        wait_for(ready.exists, "the client holding the repository lock")
         (session,) = status(site)["sessions"]
         (serve,) = serve_processes(site)
         assert session["client"] == "alice" and session["user"] == "bgate-a"
@@ -96,11 +109,7 @@ def test_status_and_metrics_during_a_real_borg_session(site: Site, tmp_path: Pat
 
 
 def test_supervise_mode_with_a_real_borg_client(site: Site, tmp_path: Path) -> None:
-    alice = site.key("alice")
-    repos = site.repo_dir("alice", owner="bgate-a")
-    site.authorize("bgate-a", (alice, "--client alice --supervise"))
-    repo = site.repo_url("bgate-a", repos / "main")
-    site.borg(["init", "--encryption=none", repo], alice).check()
+    alice, _repos, repo = alice_repo(site, "--client alice --supervise")
     empty = tmp_path / "empty"
     empty.mkdir()
     data = tmp_path / "data"
@@ -129,3 +138,27 @@ def test_supervise_mode_with_a_real_borg_client(site: Site, tmp_path: Path) -> N
     assert sent <= extra_read <= sent * 1.02 + (1 << 20)
     assert sent <= extra_written <= sent * 1.02 + (1 << 20)
     assert full["disk_written"] >= sent or full["disk_written"] == 0  # 0 where the fs does not count (tmpfs)
+
+
+def test_supervised_session_of_a_killed_client_ends_and_frees_its_slots(site: Site, tmp_path: Path) -> None:
+    alice, _repos, repo = alice_repo(site, "--client alice --supervise")
+    go, client, results = holding_client(site, alice, repo, tmp_path)
+    try:
+        (session,) = status(site)["sessions"]
+        (serve,) = serve_processes(site)
+        assert session["serve_pid"] == serve.pid != session["pid"]  # the supervisor holds, its child serves
+        borg_client = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if "with-lock" in (p.info["cmdline"] or []) and p.pid != serve.pid
+        ]
+        for p in borg_client:
+            p.kill()  # the client dies mid-session: its ssh sends EOF, borg serve ends
+        wait_for(lambda: len(site.events("session.ended")) == 2, "session.ended of the killed client's session")
+    finally:
+        go.touch()
+        client.join(timeout=300)
+    assert results[0].returncode == -9
+    ended = site.events("session.ended")[-1]
+    assert ended["serve_pid"] == serve.pid and isinstance(ended["exit_code"], int) and ended["duration"] > 0
+    assert status(site)["sessions"] == [] and status(site)["budgets"][0]["in_use"] == 0
