@@ -164,7 +164,10 @@ def wait(pid: int, forward: _Forwarder, started: float) -> Ended:
     code = os.waitstatus_to_exitcode(status)
     signame = None
     if code < 0:
-        signame = signal.Signals(-code).name
+        try:
+            signame = signal.Signals(-code).name
+        except ValueError:  # real-time signals have no name in the enum
+            signame = f"SIG{-code}"
         code = 128 - code
     return Ended(
         pid=pid,

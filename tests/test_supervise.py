@@ -92,6 +92,20 @@ def test_child_killed_by_signal(tmp_path: Path) -> None:
     assert ended["signal"] == "SIGKILL" and ended["exit_code"] == 137
 
 
+def test_child_killed_by_a_realtime_signal(tmp_path: Path) -> None:
+    host = hold_host(tmp_path)
+    gate = start_gate(host, ["--client", "alice", "--supervise"])
+    try:
+        wait_ready(gate)
+        child_of(gate).send_signal(signal.SIGRTMIN + 6)  # no name in signal.Signals
+        gate.communicate(timeout=60)
+    finally:
+        stop(gate)
+    assert gate.returncode == 128 + signal.SIGRTMIN + 6
+    (ended,) = events(host, "session.ended")
+    assert ended["signal"] == f"SIG{signal.SIGRTMIN + 6}" and ended["exit_code"] == gate.returncode
+
+
 def test_supervisor_lets_go_of_the_client_pipes(tmp_path: Path) -> None:
     host = hold_host(tmp_path)
     gate = start_gate(host, ["--client", "alice", "--supervise"])
