@@ -15,6 +15,11 @@ Slots
     conn, started, binary, restrictions, user, state), written on the locked descriptor
     after the lock is held: no other process writes a slot file while it is held.
 
+    Slot N of a budget of L is used only while N < L. Lowering a limit leaves sessions in
+    the higher slots running (``status`` still lists them) without counting them against
+    the new limit until they end; keys of one client should agree on ``--max-sessions``
+    (a key allowed 1 waits for slot 0 even when its client's slot 2 is free).
+
 Queue (one per budget)
     When a budget is full, connections wait in arrival order. Each waiter holds an exclusive
     flock on its own ticket file; tickets are chained: under a short lock on ``queue.<budget>``
