@@ -38,6 +38,8 @@ Waiting costs no CPU
     lock is free (no poll interval, no missed wake-up); the main thread sleeps in poll() on a
     pipe from those threads and on fd 1, which reports POLLERR/POLLHUP as soon as sshd
     closes the session's pipes: an abandoned waiter leaves at once and never takes a slot.
+    Only heads block on slots, one thread per slot up to MAX_THREADS; a budget bigger than
+    that has its remaining slots re-tried (LOCK_NB) every RECHECK seconds by its head.
 
 ``Holder``, ``BudgetUsage`` and ``snapshot`` (for ``status``/``metrics``) live in slotstatus,
 which reads /proc/locks and never takes a lock; they are reachable here by name but loaded
