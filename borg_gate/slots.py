@@ -369,12 +369,21 @@ class _Acquirer:
         used: list[int | None] = [slotstatus.in_use(self.dir_fd, level, table) for level in levels]
         return used, slotstatus.position(self.dir_fd, ticket.level.key, ticket.seq, table) if ticket else None
 
-    def announce(self, level: Level, ticket: Ticket) -> None:
-        """Once per budget: the event; once per connection: the stderr line."""
+    def announce(self, level: Level, ticket: Ticket, *, full: bool = False) -> None:
+        """Once per budget: the event; once per connection: the stderr line.
+
+        ``full``: a head that just found every slot taken says so, rather than a count read
+        a moment later, when one may have freed already.
+        """
         if level.kind in self.queued:
             return
         self.queued.add(level.kind)
-        (in_use,), position = self.counts(level, ticket=ticket)
+        in_use: int | None
+        position: int | None
+        if full:
+            in_use, position = level.limit, 1
+        else:
+            (in_use,), position = self.counts(level, ticket=ticket)
         self.emit(
             "session.queued",
             budget=level.kind,
@@ -480,7 +489,7 @@ class _Acquirer:
         got, fds = self.scan(level)
         if got is not None:
             return got
-        self.announce(level, ticket)
+        self.announce(level, ticket, full=True)
         index = self.block(fds, level, ticket, grace=False)
         return fds[index], index
 

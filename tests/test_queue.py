@@ -134,25 +134,29 @@ def test_a_budget_bigger_than_the_thread_cap_still_admits_on_its_last_slot(tmp_p
 
 
 def test_in_process_waiter_gets_the_slot_its_predecessor_leaves(tmp_path: Path) -> None:
-    """acquire() in this process: the thread-blocking path, with no fd 1 to watch."""
+    """acquire() in a forked process: the thread-blocking path, with no fd 1 to watch."""
     state = str(tmp_path / "s")
     session = slots.Session("alice", "c1", "/usr/bin/borg")
     first = slots.acquire(state, "alice", Budget(1, 2, 0), session, say=quiet, emit=quiet, watch_fd=-1)
-    said: list[str] = []
+    said_r, said_w = os.pipe()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         os.close(r)
+        os.close(said_r)
         for fd in first.fds:  # the fork's copies share the parent's lock: a flock belongs to the open file
             os.close(fd)
         try:
-            held = slots.acquire(state, "bob", Budget(1, 2, 60), session, say=said.append, emit=quiet, watch_fd=-1)
-            os.write(w, ",".join([*held.slots, *said]).encode())
+            say = lambda line: os.write(said_w, line.encode()) and None  # noqa: E731
+            held = slots.acquire(state, "bob", Budget(1, 2, 60), session, say=say, emit=quiet, watch_fd=-1)
+            os.write(w, ",".join(held.slots).encode())
         finally:
             os._exit(0)
     os.close(w)
-    usage = lambda: slots.snapshot(state, 1, 2)[0].waiters  # noqa: E731
-    Site.wait_for(None, lambda: usage() == 1, "the child to queue")  # type: ignore[arg-type]
+    os.close(said_w)
+    said = os.read(said_r, 4096).decode()  # the child is blocked now, and says so
+    os.close(said_r)
+    assert said == "waiting for a session slot (1/1 in use)…"
     for fd in first.fds:
         os.close(fd)
     out = b""
@@ -160,4 +164,4 @@ def test_in_process_waiter_gets_the_slot_its_predecessor_leaves(tmp_path: Path) 
         out += chunk
     os.close(r)
     os.waitpid(pid, 0)
-    assert out.decode().split(",") == ["slot.client.bob.0", "slot.host.0", "waiting for a session slot (1/1 in use)…"]
+    assert out.decode().split(",") == ["slot.client.bob.0", "slot.host.0"]
