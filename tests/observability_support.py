@@ -94,7 +94,10 @@ def wait_ready(proc: subprocess.Popen[bytes]) -> None:
 
 
 def events(host: Host, name: str | None = None) -> list[dict[str, Any]]:
-    return [e for e in host.events() if name is None or e["event"] == name]
+    """The complete lines of the log: a reader may catch a gate's line half copied, never a torn one."""
+    data = host.log_file.read_bytes() if host.log_file.exists() else b""
+    lines = data.split(b"\n")[:-1]  # whatever follows the last newline is still being written
+    return [e for e in map(json.loads, lines) if name is None or e["event"] == name]
 
 
 def log_lines(path: Path) -> list[dict[str, Any]]:

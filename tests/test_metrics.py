@@ -9,7 +9,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from borg_gate import metrics
-from tests.observability_support import admin, busy_host, end_session, hold_host, start_gate, stop, wait_ready
+from tests.observability_support import admin, busy_host, end_session, events, hold_host, start_gate, stop, wait_ready
 from tests.recorder import Host
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -71,7 +71,7 @@ def test_live_gauges_and_counters(tmp_path: Path) -> None:
         assert sample(samples, "borg_gate_wait_seconds_total", client="alice") > 0
         assert sample(samples, "borg_gate_refusals_total", reason="bad-command") == 1
         assert sample(samples, "borg_gate_sessions_ended_total", client="bob") == 1
-        (ended,) = [e for e in host.events() if e["event"] == "session.ended"]
+        (ended,) = events(host, "session.ended")
         assert sample(samples, "borg_gate_session_written_bytes_total", client="bob") == ended["bytes_written"]
         assert sample(samples, "borg_gate_session_cpu_seconds_total", client="bob") == ended["cpu_seconds"]
         assert sample(samples, "borg_gate_sessions_in_use", budget="host") == 2

@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 
 from borg_gate import counters
-from tests.observability_support import admin, busy_host, end_session, wait_ready, waiting
+from tests.observability_support import admin, busy_host, end_session, events, wait_ready, waiting
 from tests.recorder import Host
 
 
@@ -75,7 +75,7 @@ def test_sessions_bytes_follow_the_traffic(tmp_path: Path) -> None:
         assert {k: v for k, v in after["alice"].items() if k not in changing} == {
             k: v for k, v in before["alice"].items() if k not in changing
         }
-        (ended,) = [e for e in host.events() if e["event"] == "session.ended"]
+        (ended,) = events(host, "session.ended")
         assert ended["client"] == "bob" and ended["bytes_written"] >= 2_000_000
 
 
@@ -107,6 +107,6 @@ def test_queued_counted(tmp_path: Path) -> None:
         values = counters.load(str(host.state_dir)).values
         assert values[counters.series(counters.QUEUED, budget="host")] == 1
         assert values[counters.series(counters.QUEUED, budget="client")] == 1
-        queued = {e["client"]: e for e in host.events() if e["event"] == "session.queued"}
+        queued = {e["client"]: e for e in events(host, "session.queued")}
         assert queued["carol"]["budget"] == "host" and queued["alice"]["budget"] == "client"
         assert queued["carol"]["in_use"] == queued["carol"]["limit"] == 2 and queued["carol"]["position"] == 1
