@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import re
 import shutil
@@ -21,6 +20,8 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Final
+
+import filelock
 
 from borg_gate import authkeys, check, config, keyopts
 from borg_gate.errors import Refusal, shown
@@ -165,7 +166,8 @@ def install(path: str, line: str, key: authkeys.PublicKey) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fcntl.flock(dfd, fcntl.LOCK_EX)  # the file itself is renamed over, so the lock is on its directory
+        # The file itself is renamed over, so the lock is on its directory (filelock's flock).
+        filelock.lock_descriptor(dfd)
         try:
             st: os.stat_result | None = os.lstat(path)
         except FileNotFoundError:
