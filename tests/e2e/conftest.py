@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,9 +41,13 @@ def sshd(e2e_base: Path) -> Iterator[harness.Sshd]:
         server.stop()
 
 
+_site_numbers = itertools.count(1)
+
+
 @pytest.fixture
 def site(sshd: harness.Sshd, gate_bin: Path, e2e_base: Path, request: pytest.FixtureRequest) -> harness.Site:
     name = request.node.name.replace("/", "_").replace("[", "-").replace("]", "")[:60]
+    name = f"{next(_site_numbers):03d}-{name}"  # unique even when long test ids share a prefix
     root = e2e_base / "sites" / name
     root.parent.mkdir(exist_ok=True)
     root.parent.chmod(0o755)
