@@ -11,7 +11,6 @@ import contextlib
 import os
 import sys
 import time
-import traceback
 from collections.abc import Mapping
 from typing import Final, NoReturn
 
@@ -91,6 +90,8 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
     except SystemExit:
         raise  # argparse's exit after --help: a person asked, nothing was served
     except BaseException as exc:
+        import traceback  # only a bug pays for it
+
         log.emit("gate.error", error=repr(exc), traceback=traceback.format_exc())
         refuse(Refusal(Kind.INTERNAL, "internal error, refused (see the gate's log)"), log)
 
