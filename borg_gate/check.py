@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import functools
 import glob
 import grp
@@ -350,6 +351,18 @@ def check_log_file(report: Report, cfg: Config, users: Sequence[User]) -> None:
 # --------------------------------------------------------------------------- sshd
 
 
+# Variables a client could set through sshd's AcceptEnv that would steer the gate itself.
+CLIENT_ENV_HAZARDS: Final = {
+    "BORG_GATE_CONFIG": "picks the config file, hence the repository root and limits",
+    "PYTHONPATH": "runs the client's code in the gate (a pip/pipx install does not start Python with -I)",
+    "PYTHONHOME": "replaces the gate's Python library",
+    "PYTHONSTARTUP": "names a file Python may run",
+    "PYTHONWARNINGS": "changes how the gate's Python starts",
+    "LD_PRELOAD": "loads the client's library into the gate and borg",
+    "LD_LIBRARY_PATH": "changes which libraries the gate and borg load",
+}
+
+
 @dataclass(frozen=True)
 class SshdSettings:
     values: dict[str, str]
@@ -380,8 +393,16 @@ def parse_sshd_config(path: str, into: dict[str, str] | None = None, depth: int 
                     with contextlib.suppress(OSError):
                         parse_sshd_config(included, values, depth + 1)
             continue
-        values.setdefault(key, rest)
+        _set(values, key, rest)
     return values
+
+
+def _set(values: dict[str, str], key: str, value: str) -> None:
+    """First value wins, as in sshd; AcceptEnv is cumulative (one pattern list across lines)."""
+    if key == "acceptenv":
+        values[key] = f"{values.get(key, '')} {value}".strip()
+    else:
+        values.setdefault(key, value)
 
 
 def read_sshd(config_file: str | None) -> SshdSettings | str:
@@ -395,7 +416,7 @@ def read_sshd(config_file: str | None) -> SshdSettings | str:
                 values: dict[str, str] = {}
                 for line in out.stdout.splitlines():
                     key, _, rest = line.partition(" ")
-                    values.setdefault(key.lower(), rest.strip())
+                    _set(values, key.lower(), rest.strip())
                 return SshdSettings(values, "sshd -T")
     path = config_file or SSHD_CONFIG
     try:
@@ -417,6 +438,17 @@ def check_sshd(report: Report, settings: SshdSettings, cfg: Config | None, clien
             "PermitUserEnvironment is on: ~/.ssh/environment and environment= reach the gate's process",
             src,
         )
+    accepted = settings.get("acceptenv").split()
+    for name in CLIENT_ENV_HAZARDS:
+        patterns = [p for p in accepted if fnmatch.fnmatchcase(name, p)]
+        if patterns:
+            report.add(
+                ERROR,
+                "sshd-accept-env",
+                f"AcceptEnv {' '.join(patterns)} lets a client set {name} for the gate's process "
+                f"({CLIENT_ENV_HAZARDS[name]}): remove it or scope it with Match",
+                src,
+            )
     if cfg is None:
         return
     text = settings.get("maxstartups")
