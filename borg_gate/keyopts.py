@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="no deletions: borg 1.x --append-only, borg 2 --permissions=no-delete",
     )
     p.add_argument("--permissions", choices=[m.value for m in Permission], help="repository permissions")
-    p.add_argument("--storage-quota", metavar="SIZE", help="repository quota, e.g. 500G (borg 1.x, 2.0b1-b15)")
+    p.add_argument("--storage-quota", metavar="SIZE", help="repository quota, e.g. 500G (borg 1.x, 2.0b1-b9)")
     p.add_argument(
         "--borg", metavar="NAME", help="binary from [borg.binaries] serving a client that asks for plain borg"
     )

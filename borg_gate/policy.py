@@ -100,13 +100,18 @@ def permission_options(permission: Permission, borg: Borg, rest: bool) -> list[s
     if permission is Permission.ALL:
         return []
     feats = borg.features
-    if feats.permissions and (rest or not feats.permissions_rest_only):
+    if feats.permissions and (rest or feats.permissions_legacy_serve):
         return [f"--permissions={permission.value}"]
     if permission is Permission.NO_DELETE and feats.append_only:
         return ["--append-only"]
-    where = " outside rest:// mode" if feats.permissions else ""
+    if feats.rest:
+        why = " outside rest:// mode"
+    elif feats.permissions:
+        why = ": its --permissions skips borg 1.x repositories, which the client may ask to open"
+    else:
+        why = ""
     raise not_allowed(
-        f"this key is {permission.value}, which {borg.spec.name} (borg {borg.version}) cannot enforce{where}"
+        f"this key is {permission.value}, which {borg.spec.name} (borg {borg.version}) cannot enforce{why}"
     )
 
 

@@ -53,22 +53,25 @@ def _v(text: str) -> BorgVersion:
 
 @dataclass(frozen=True)
 class ServeFeatures:
-    """What ``borg serve`` of one version accepts on its command line (checked per tag)."""
+    """What ``borg serve`` of one version enforces when given an option (checked per tag in borg's source)."""
 
-    append_only: bool  # 1.x and 2.0.0b1-b15: --append-only
-    storage_quota: bool  # same range: --storage-quota
-    permissions: bool  # 2.0.0b18+: --permissions {all,no-delete,write-only,read-only}
-    permissions_rest_only: bool  # 2.0.0b22+: --permissions is ignored by legacy (non-rest) serve
-    rest: bool  # 2.0.0b22+: --rest --backend FILE:<path>
+    append_only: bool  # 1.x, 2.0.0 up to b9: --append-only (b10-b15 exit "append-only is not supported (yet?)")
+    storage_quota: bool  # same range: --storage-quota (b10-b15 exit "storage-quota is not supported (yet?)")
+    permissions: bool  # 2.0.0b18+: serve takes --permissions {all,no-delete,write-only,read-only}
+    # --permissions binds whatever the ssh:// (legacy, non-rest) serve opens. No borg so far: b18-b21 apply it
+    # only when the client's RPC open asks for a borg 2 repository (remote.py: ``if not v1_or_v2``), so a
+    # client opening a borg 1.x repository under the confinement gets delete; b22+ legacy serve ignores it.
+    permissions_legacy_serve: bool
+    rest: bool  # 2.0.0b22+: --rest --backend FILE:<path>, where --permissions binds every repository
 
 
 def features(version: BorgVersion) -> ServeFeatures:
-    old_style = version < _v("2.0.0b16")
+    legacy_options = version < _v("2.0.0b10")
     return ServeFeatures(
-        append_only=old_style,
-        storage_quota=old_style,
+        append_only=legacy_options,
+        storage_quota=legacy_options,
         permissions=version >= _v("2.0.0b18"),
-        permissions_rest_only=version >= _v("2.0.0b22"),
+        permissions_legacy_serve=False,
         rest=version >= _v("2.0.0b22"),
     )
 

@@ -50,9 +50,9 @@ ARGV_CASES = [
     ),
     (
         "borg2 serve --info",
-        ["--permissions", "write-only", "--restrict-to-path", "/a", "--restrict-to-path", "/b"],
+        ["--restrict-to-path", "/a", "--restrict-to-path", "/b"],
         "borg2",
-        ["--info", "--restrict-to-path=/a", "--restrict-to-path=/b", "--permissions=write-only"],
+        ["--info", "--restrict-to-path=/a", "--restrict-to-path=/b"],
     ),
     ("/usr/local/bin/borg serve", ["--borg", "borg2"], "borg2", ["--restrict-to-path={repos}/alice"]),
     (
@@ -163,8 +163,10 @@ def test_detected_version_is_cached_in_the_state_dir(tmp_path: Path) -> None:
 
 def test_detected_version_decides_the_translation(tmp_path: Path) -> None:
     host = Host(tmp_path / "host", binaries={"borg": ""})
-    (host.bin_dir("borg") / "VERSION").write_text("2.0.0b18")
-    assert "--permissions=no-delete" in served(host.run("borg serve", ["--client", "alice", "--append-only"]))["argv"]
+    (host.bin_dir("borg") / "VERSION").write_text("2.0.0b22")
+    (host.repos / "alice").mkdir(parents=True)
+    command = f"borg serve --rest --backend FILE:{host.repos}/alice/repo"
+    assert "--permissions=no-delete" in served(host.run(command, ["--client", "alice", "--append-only"]))["argv"]
 
 
 # --------------------------------------------------------------------------- refusals

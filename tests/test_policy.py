@@ -44,7 +44,7 @@ def refusal_kind(fn: Any, *args: Any) -> Kind | None:
 NO = Kind.NOT_ALLOWED
 # version, rest, permission -> options, or the refusal kind
 PERMISSION_TABLE = [
-    # borg 1.x and 2.0b1-b15: only "no delete" exists, spelled --append-only
+    # borg 1.x and 2.0b1-b9: only "no delete" exists, spelled --append-only
     ("1.1.18", False, Permission.NO_DELETE, ["--append-only"]),
     ("1.2.4", False, Permission.NO_DELETE, ["--append-only"]),
     ("1.4.5", False, Permission.NO_DELETE, ["--append-only"]),
@@ -52,15 +52,17 @@ PERMISSION_TABLE = [
     ("1.2.4", False, Permission.READ_ONLY, NO),
     ("2.0.0b5", False, Permission.NO_DELETE, ["--append-only"]),
     ("2.0.0b5", False, Permission.READ_ONLY, NO),
-    ("2.0.0b15", False, Permission.NO_DELETE, ["--append-only"]),
-    # 2.0b16-b17: restrict options only, nothing can enforce a permission
+    ("2.0.0b9", False, Permission.NO_DELETE, ["--append-only"]),
+    # 2.0b10-b15: serve rejects --append-only ("not supported (yet?)"); b16-b17: restrict options only
+    ("2.0.0b10", False, Permission.NO_DELETE, NO),
+    ("2.0.0b15", False, Permission.NO_DELETE, NO),
     ("2.0.0b16", False, Permission.NO_DELETE, NO),
     ("2.0.0b17", False, Permission.NO_DELETE, NO),
     ("2.0.0b17", False, Permission.READ_ONLY, NO),
-    # 2.0b18-b21: --permissions, honoured by the (only) legacy serve
-    ("2.0.0b18", False, Permission.NO_DELETE, ["--permissions=no-delete"]),
-    ("2.0.0b18", False, Permission.WRITE_ONLY, ["--permissions=write-only"]),
-    ("2.0.0b21", False, Permission.READ_ONLY, ["--permissions=read-only"]),
+    # 2.0b18-b21: --permissions binds only the repositories the client opens as borg 2, so refuse
+    ("2.0.0b18", False, Permission.NO_DELETE, NO),
+    ("2.0.0b18", False, Permission.WRITE_ONLY, NO),
+    ("2.0.0b21", False, Permission.READ_ONLY, NO),
     # 2.0b22+: --permissions only applies to rest mode; legacy serve ignores it, so refuse there
     ("2.0.0b22", True, Permission.NO_DELETE, ["--permissions=no-delete"]),
     ("2.0.0b22", True, Permission.READ_ONLY, ["--permissions=read-only"]),
@@ -92,8 +94,8 @@ def test_permission_all_adds_nothing(version: str, rest: bool) -> None:
 @pytest.mark.parametrize(
     ("version", "allowed"),
     [
-        *[(v, True) for v in ("1.1.18", "1.2.4", "1.4.5", "2.0.0b5", "2.0.0b15")],
-        *[(v, False) for v in ("2.0.0b16", "2.0.0b18", "2.0.0b22", "2.0.0")],
+        *[(v, True) for v in ("1.1.18", "1.2.4", "1.4.5", "2.0.0b5", "2.0.0b9")],
+        *[(v, False) for v in ("2.0.0b10", "2.0.0b15", "2.0.0b16", "2.0.0b18", "2.0.0b22", "2.0.0")],
     ],
 )
 def test_quota_only_where_supported(version: str, allowed: bool) -> None:
@@ -252,7 +254,7 @@ class Expected:
     quota: int | None
 
 
-B16, B18, B22 = (BorgVersion.parse(v) for v in ("2.0.0b16", "2.0.0b18", "2.0.0b22"))
+B10, B16, B18, B22 = (BorgVersion.parse(v) for v in ("2.0.0b10", "2.0.0b16", "2.0.0b18", "2.0.0b22"))
 
 
 def oracle(request: ClientRequest, key: KeyOptions, cfg: Config, client: str) -> Expected | None:
@@ -272,13 +274,13 @@ def oracle(request: ClientRequest, key: KeyOptions, cfg: Config, client: str) ->
         return None
     append_only, permissions = False, None
     if key.permission is not Permission.ALL:
-        if (version >= B22 and request.rest) or B18 <= version < B22:
+        if version >= B22 and request.rest:
             permissions = key.permission.value
-        elif version < B16 and key.permission is Permission.NO_DELETE:
+        elif version < B10 and key.permission is Permission.NO_DELETE:
             append_only = True
         else:
             return None
-    if key.storage_quota is not None and version >= B16:
+    if key.storage_quota is not None and version >= B10:
         return None
     return Expected(
         cfg.binaries[name].path, version, paths or None, repos or None, append_only, permissions, key.storage_quota

@@ -90,28 +90,32 @@ def test_prereleases_come_before_their_release(major: int, minor: int, patch: in
     assert release < v(f"{major}.{minor}.{patch + 1}")
 
 
-# version -> (append_only, storage_quota, permissions, permissions_rest_only, rest), per serve's argparse at the tag
+# version -> (append_only, storage_quota, permissions, permissions_legacy_serve, rest), per serve at the tag:
+# b10-b15 parse --append-only/--storage-quota and then exit "not supported (yet?)" (serve_cmd.py);
+# b18-b21 apply --permissions only to repositories the client opens as borg 2 (remote.py, ``if not v1_or_v2``)
 FEATURES = {
     "1.1.18": (True, True, False, False, False),
     "1.2.4": (True, True, False, False, False),
     "1.4.5": (True, True, False, False, False),
     "2.0.0b5": (True, True, False, False, False),
-    "2.0.0b15": (True, True, False, False, False),
+    "2.0.0b9": (True, True, False, False, False),
+    "2.0.0b10": (False, False, False, False, False),
+    "2.0.0b15": (False, False, False, False, False),
     "2.0.0b16": (False, False, False, False, False),
     "2.0.0b17": (False, False, False, False, False),
     "2.0.0b18.dev2": (False, False, False, False, False),
     "2.0.0b18": (False, False, True, False, False),
     "2.0.0b21": (False, False, True, False, False),
-    "2.0.0b22": (False, False, True, True, True),
-    "2.0.0rc1": (False, False, True, True, True),
-    "2.0.0": (False, False, True, True, True),
+    "2.0.0b22": (False, False, True, False, True),
+    "2.0.0rc1": (False, False, True, False, True),
+    "2.0.0": (False, False, True, False, True),
 }
 
 
 @pytest.mark.parametrize(("version", "expected"), FEATURES.items())
 def test_feature_table(version: str, expected: tuple[bool, ...]) -> None:
     f = features(v(version))
-    assert (f.append_only, f.storage_quota, f.permissions, f.permissions_rest_only, f.rest) == expected
+    assert (f.append_only, f.storage_quota, f.permissions, f.permissions_legacy_serve, f.rest) == expected
 
 
 # --------------------------------------------------------------------------- detection and its cache
