@@ -3,6 +3,18 @@
 Running ``borg --version`` costs 90-170 ms, too much per connection. The version comes
 from the config (``version = "…"``) or is detected once and cached in the state dir,
 keyed by the binary's inode, size and mtime/ctime, so an upgraded binary is re-detected.
+
+The state dir is shared by a group of gate users, any of whom could rewrite a shared cache
+and make the gate believe a borg that ignores ``--permissions`` is one that enforces it. So
+each unix user has its own cache (``borg-versions-<uid>.json``), read only when it is a
+regular file owned by that user and writable by nobody else, and written with O_EXCL and a
+rename, both through the state dir's checked descriptor and never through a symlink; any
+other file under that name is ignored (the binary is asked again).
+
+The identity is the configured file's: a wrapper script whose underlying borg is upgraded
+keeps its cached version (dpkg and pip rewrite their own wrappers on upgrade, a hand-written
+``exec /opt/borg/bin/borg "$@"`` is not). State ``version = "…"`` in the config for any
+binary serving keys with restricted permissions.
 """
 
 from __future__ import annotations
@@ -11,14 +23,17 @@ import contextlib
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from typing import Final
 
+from borg_gate import statedir
 from borg_gate.config import BinarySpec
-from borg_gate.errors import misconfigured, shown
+from borg_gate.errors import Refusal, misconfigured, shown
 
 VERSION_RE: Final = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)(?:(a|b|rc)([0-9]+))?(?:\.dev([0-9]+))?")
-CACHE_NAME: Final = "borg-versions.json"
+MAX_CACHE_BYTES: Final = 1 << 16  # a few hundred binaries; anything bigger is not a cache the gate wrote
+CACHE_MODE: Final = 0o644  # the user's own: nobody else may write it (a shared cache could be poisoned)
 PRE_RANK: Final = {"a": 0, "b": 1, "rc": 2, None: 3}
 DEV_RANK: Final = -1  # X.Y.Z.devN comes before X.Y.Za0 (PEP 440)
 NOT_DEV: Final = 1 << 62  # a release sorts after all of its .devN builds
@@ -114,26 +129,69 @@ def detect_version(path: str) -> BorgVersion:
         raise misconfigured(f"borg binary {path}: --version said {shown(text.strip(), 80)!r}") from None
 
 
-def _read_cache(cache_path: str) -> dict[str, dict[str, str]]:
+def cache_name(uid: int | None = None) -> str:
+    """This unix user's cache file in the state dir."""
+    return f"borg-versions-{os.geteuid() if uid is None else uid}.json"
+
+
+def _read_cache(dir_fd: int, name: str) -> dict[str, dict[str, str]]:
+    """The cache, or {} when it is absent, unreadable, not JSON, or not a file only this user can write."""
     try:
-        with open(cache_path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError, RecursionError):  # absent, unreadable, not JSON, absurdly nested
+        fd = statedir.open_file(dir_fd, name, create=False)  # O_NOFOLLOW|O_NONBLOCK, regular files only
+    except OSError:
+        return {}
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return {}
+        raw = os.read(fd, MAX_CACHE_BYTES + 1)
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_CACHE_BYTES:
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON (or not UTF-8), absurdly nested
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def _write_cache(cache_path: str, cache: dict[str, dict[str, str]]) -> None:
+def _write_cache(dir_fd: int, name: str, cache: dict[str, dict[str, str]]) -> None:
     # Best effort: a cache we cannot write only costs the next connection a --version.
-    tmp = f"{cache_path}.{os.getpid()}.tmp"
+    tmp = f"{name}.{os.getpid()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o664)
+        fd = os.open(tmp, flags, CACHE_MODE, dir_fd=dir_fd)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fd, CACHE_MODE)  # the gate's umask 007 would leave it group-writable, and so ignored
             json.dump(cache, fh, indent=1, sort_keys=True)
-        os.replace(tmp, cache_path)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dir_fd)
+
+
+def _cached(spec: BinarySpec, identity: str, state_dir: str) -> BorgVersion:
+    """Detect once per identity, through this user's cache when the state dir can be used."""
+    try:
+        dir_fd = statedir.open_dir(state_dir, create=False)
+    except (OSError, Refusal):  # missing or unsafe: the slots refuse an unsafe one; this only costs a --version
+        return detect_version(spec.path)
+    try:
+        name = cache_name()
+        cache = _read_cache(dir_fd, name)
+        entry = cache.get(spec.path)
+        if isinstance(entry, dict) and entry.get("identity") == identity:
+            with contextlib.suppress(ValueError):
+                return BorgVersion.parse(str(entry.get("version", "")))
+        version = detect_version(spec.path)
+        cache[spec.path] = {"identity": identity, "version": version.text}
+        _write_cache(dir_fd, name, cache)
+        return version
+    finally:
+        os.close(dir_fd)
 
 
 def resolve(spec: BinarySpec, state_dir: str) -> Borg:
@@ -146,16 +204,4 @@ def resolve(spec: BinarySpec, state_dir: str) -> Borg:
         raise misconfigured(f"borg binary {spec.name} = {spec.path}: not executable")
     if spec.version is not None:
         return Borg(spec, BorgVersion.parse(spec.version))
-    cache_path = os.path.join(state_dir, CACHE_NAME)
-    cache = _read_cache(cache_path)
-    entry = cache.get(spec.path)
-    identity = _identity(st)
-    if isinstance(entry, dict) and entry.get("identity") == identity:
-        try:
-            return Borg(spec, BorgVersion.parse(str(entry.get("version", ""))))
-        except ValueError:
-            pass
-    version = detect_version(spec.path)
-    cache[spec.path] = {"identity": identity, "version": version.text}
-    _write_cache(cache_path, cache)
-    return Borg(spec, version)
+    return Borg(spec, _cached(spec, _identity(st), state_dir))

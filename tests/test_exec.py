@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from borg_gate import versions
 from borg_gate.errors import Kind
 from tests.recorder import GATE, SSHD_ENV, Host, Outcome, run_gate
 
@@ -157,7 +158,7 @@ def test_detected_version_is_cached_in_the_state_dir(tmp_path: Path) -> None:
         served(host.run("borg serve", ["--client", "alice", "--append-only"]))
     calls = (host.bin_dir("borg") / "version-calls").read_text().splitlines()
     assert len(calls) == 1
-    cache = json.loads((host.state_dir / "borg-versions.json").read_text())
+    cache = json.loads((host.state_dir / versions.cache_name()).read_text())
     assert cache[str(host.binary("borg"))]["version"] == "1.2.4"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from borg_gate import versions
 from tests.e2e import harness
 from tests.recorder import RECORDER, SSHD_ENV, Outcome, run_gate
 from tests.test_packaging_files import GROUP, MEMBER, ensure_user
@@ -123,7 +125,7 @@ def test_installed_gate_serves_a_backup_user_through_the_shared_state_dir(deb: P
     assert record["env"]["USER"] == "alice"  # sshd's, passed through
 
     # the version was detected once, as the backup user, and cached in the packaged state dir
-    cache = json.loads(Path("/run/borg-gate/borg-versions.json").read_text())
+    cache = json.loads(Path("/run/borg-gate", versions.cache_name(pwd.getpwnam(MEMBER).pw_uid)).read_text())
     assert cache[str(borg)]["version"] == "1.2.4"
     second = connect(as_member(INSTALLED), "borg serve", key_args)
     assert second.returncode == 0, second.stderr

@@ -146,7 +146,7 @@ def test_detected_once_then_cached(tmp_path: Path) -> None:
     assert resolve(spec(binary), str(state)).version == v("1.2.4")
     assert resolve(spec(binary), str(state)).version == v("1.2.4")
     assert detections(binary) == 1
-    cache = json.loads((state / versions.CACHE_NAME).read_text())
+    cache = json.loads((state / versions.cache_name()).read_text())
     assert cache[str(binary)]["version"] == "1.2.4"
 
 
@@ -180,12 +180,12 @@ def test_stated_version_is_never_detected(tmp_path: Path) -> None:
     borg = resolve(spec(binary, "2.0.0b22"), str(tmp_path))
     assert borg == Borg(spec(binary, "2.0.0b22"), v("2.0.0b22"))
     assert detections(binary) == 0
-    assert not (tmp_path / versions.CACHE_NAME).exists()
+    assert not (tmp_path / versions.cache_name()).exists()
 
 
 def test_corrupt_cache_is_ignored_and_rewritten(tmp_path: Path) -> None:
     binary = fake_borg(tmp_path / "bin", "1.2.4")
-    cache = tmp_path / versions.CACHE_NAME
+    cache = tmp_path / versions.cache_name()
     for junk in ["{", "[]", '{"x": 1}', json.dumps({str(binary): {"identity": "x", "version": "9.9.9"}})]:
         cache.write_text(junk)
         assert resolve(spec(binary), str(tmp_path)).version == v("1.2.4")
@@ -196,7 +196,7 @@ def test_corrupt_cache_is_ignored_and_rewritten(tmp_path: Path) -> None:
 def test_deeply_nested_cache_is_ignored(tmp_path: Path) -> None:
     """json recurses per nesting level: a RecursionError must count as a bad cache, not crash the gate."""
     binary = fake_borg(tmp_path / "bin", "1.2.4")
-    (tmp_path / versions.CACHE_NAME).write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / versions.cache_name()).write_text("[" * 100_000 + "]" * 100_000)
     assert resolve(spec(binary), str(tmp_path)).version == v("1.2.4")
 
 
