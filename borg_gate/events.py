@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Final
@@ -37,6 +38,7 @@ SYSLOG_SOCKET: Final = "/dev/log"
 SYSLOG_FACILITY: Final = 3  # LOG_DAEMON
 SYSLOG_SEVERITY: Final = {"connection.refused": 4, "config.error": 3, "gate.error": 3}  # else 6, info
 LOG_MODE: Final = 0o660  # gates of several unix users append to one file (group-shared)
+LOG_FLAGS: Final = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 HEAD: Final = ("ts", "event", "conn")  # these keys lead every line, whoever renders it
 
 
@@ -69,12 +71,17 @@ def structlog_renderer(_logger: object, _method: str, event_dict: MutableMapping
 
 
 def append_line(path: str, data: bytes) -> str | None:
-    """One O_APPEND write; the error text on failure, None on success."""
+    """One O_APPEND write to a regular file; the error text on failure, None on success.
+
+    The log dir is group-writable, so any gate user can plant something under the log's name:
+    O_NONBLOCK keeps a FIFO from hanging the open (ENXIO without a reader), and anything but a
+    regular file is refused once open. On a regular file O_NONBLOCK changes nothing.
+    """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, LOG_FLAGS)
     except FileNotFoundError:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_CREAT, LOG_MODE)
+            fd = os.open(path, LOG_FLAGS | os.O_CREAT, LOG_MODE)
         except OSError as exc:
             return f"{path}: {exc.strerror}"
         with contextlib.suppress(OSError):
@@ -82,6 +89,8 @@ def append_line(path: str, data: bytes) -> str | None:
     except OSError as exc:
         return f"{path}: {exc.strerror}"
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return f"{path}: not a regular file"
         written = os.write(fd, data)
     except OSError as exc:
         return f"{path}: {exc.strerror}"

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate import versions
+from borg_gate import connection, events, versions
 from borg_gate.config import BinarySpec
 from borg_gate.errors import Kind
+from borg_gate.events import EventLog
 from borg_gate.versions import BorgVersion, resolve
 from tests.recorder import GATE, SSHD_ENV, Host, Outcome, start_gate
 from tests.test_versions import detections, fake_borg
@@ -185,3 +186,41 @@ def test_an_unsafe_state_dir_costs_a_detection_not_a_cache(tmp_path: Path) -> No
         assert resolve(_spec(binary), str(tmp_path / "state")).version == BorgVersion.parse("1.2.4")
     assert detections(binary) == 2
     assert list((tmp_path / "real").iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the log file
+
+
+def test_fifo_as_log_file_does_not_hang_the_gate(tmp_path: Path) -> None:
+    """A FIFO with no reader in place of gate.jsonl would block an O_WRONLY open forever.
+
+    /var/log/borg-gate is 2770 root:borg-gate, so any member can replace gate.jsonl by a FIFO;
+    every gate would then hang at its first event, before any refusal or exec.
+    """
+    host = Host(tmp_path / "host")
+    os.mkfifo(host.log_file)
+    outcome = _run_bounded(host, "borg serve", ["--client", "alice"])
+    assert outcome.record is not None, outcome.stderr  # served: the log is a sink, not a gate
+
+
+def test_a_fifo_with_a_reader_gets_no_line_and_counts_as_a_sink_failure(tmp_path: Path) -> None:
+    """A member holding the FIFO's read end would see every event (and could stall the writer): refused once open."""
+    fifo = tmp_path / "gate.jsonl"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        log = EventLog(connection.current(SSHD_ENV), str(fifo))
+        log.emit("connection.refused", reason="test")
+        assert log.failures == 1
+        assert os.read(reader, 4096) == b""  # no writer left and nothing written: end of file
+    finally:
+        os.close(reader)
+    assert events.append_line(str(fifo), b"x\n") == f"{fifo}: No such device or address"  # no reader: ENXIO
+
+
+def test_a_regular_log_file_is_still_appended(tmp_path: Path) -> None:
+    log_file = tmp_path / "gate.jsonl"
+    for n in range(2):
+        assert events.append_line(str(log_file), f"{n}\n".encode()) is None
+    assert log_file.read_text() == "0\n1\n"
+    assert log_file.stat().st_mode & 0o777 == events.LOG_MODE
