@@ -119,6 +119,20 @@ def _name(key: str, value: object) -> str:
     return value
 
 
+def _split_name(name: str, value: object) -> str | None:
+    """The binary name TOML split at its dots, when that is what the value looks like.
+
+    Unquoted, ``borg-1.4 = "/opt/…"`` is a table ``borg-1`` holding ``4 = "/opt/…"``: follow
+    single-key tables that are no binary spec down to a path or a spec and rejoin the name.
+    """
+    parts = [name]
+    while isinstance(value, dict) and len(value) == 1 and not {"path", "version"} & set(value):
+        ((part, value),) = value.items()
+        parts.append(part)
+    spec_like = isinstance(value, str) or (isinstance(value, dict) and "path" in value)
+    return ".".join(parts) if len(parts) > 1 and spec_like else None
+
+
 def _binary(key: str, name: str, value: object) -> BinarySpec:
     if not NAME_RE.fullmatch(name):
         raise _Bad(key, f"binary name {shown(name, 40)!r} must match {NAME_RE.pattern}")
@@ -126,8 +140,12 @@ def _binary(key: str, name: str, value: object) -> BinarySpec:
         return BinarySpec(name, _abs_path(key, value))
     if isinstance(value, dict):
         unknown = set(value) - {"path", "version"}
+        dotted = shown(_split_name(name, value) or "", 60) if unknown else ""
+        if dotted[len(name) + 1 : len(name) + 2].isdigit():  # borg-1.4: a version, surely not a key typo
+            raise _Bad(key, f'names with a dot must be quoted: "{dotted}" = …')
         if unknown:
-            raise _Bad(f"{key}.{sorted(unknown)[0]}", "unknown key (known: path, version)")
+            hint = f'; if "{dotted}" is a binary\'s name, quote it: "{dotted}" = …' if dotted else ""
+            raise _Bad(f"{key}.{sorted(unknown)[0]}", f"unknown key (known: path, version){hint}")
         if "path" not in value:
             raise _Bad(key, "needs path")
         version = value.get("version")
@@ -172,12 +190,16 @@ def _find_line(text: str, key: str) -> int | None:
         header = re.fullmatch(r"\[\s*([A-Za-z0-9_.\s\"-]+?)\s*\]", line)
         if header:
             current = re.sub(r"[\s\"]", "", header.group(1))
-            if current == key:  # the bad key is a whole (sub)table, e.g. an unknown [section]
+            if current == key or current.startswith(key + "."):  # a whole (sub)table, e.g. an unknown [section]
                 return number
             continue
-        if current == want and re.match(rf'"?{re.escape(last)}"?\s*=', line):
+        if current == want and re.match(rf'"?{re.escape(last)}"?\s*[=.]', line):  # [.]: a dotted key
             return number
-        if current and want.startswith(current + ".") and re.match(rf"{re.escape(want[len(current) + 1 :])}\s*=", line):
+        if (
+            current
+            and want.startswith(current + ".")
+            and re.match(rf"{re.escape(want[len(current) + 1 :])}\s*[=.]", line)
+        ):
             return number  # inline table, e.g. binaries = { ... } under [borg]
     return None
 

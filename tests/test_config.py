@@ -178,6 +178,38 @@ def test_bad_binaries(body: str, key: str, line: int | None) -> None:
     assert reason.startswith(f"config {where}: {key}: "), reason
 
 
+@pytest.mark.parametrize(
+    ("body", "line", "message"),
+    [
+        (
+            'borg-1.4 = "/opt/borg-1.4/bin/borg"',
+            3,
+            'borg.binaries.borg-1: names with a dot must be quoted: "borg-1.4" = …',
+        ),
+        ('borg-2.0.0b22 = { path = "/opt/b22/bin/borg" }', 3, 'quoted: "borg-2.0.0b22" = …'),
+        ('[borg.binaries.borg-1.4]\npath = "/opt/borg-1.4/bin/borg"', 3, 'quoted: "borg-1.4" = …'),
+        # a letter after the dot may be a misspelt key as well as a name: say both
+        (
+            'borg2 = { paht = "/usr/bin/borg2" }',
+            3,
+            'borg.binaries.borg2.paht: unknown key (known: path, version); if "borg2.paht" is a binary\'s name, '
+            'quote it: "borg2.paht" = …',
+        ),
+        ('borg.old = "/opt/old/bin/borg"', 3, 'if "borg.old" is a binary\'s name, quote it: "borg.old" = …'),
+    ],
+)
+def test_unquoted_binary_name_with_a_dot(body: str, line: int, message: str) -> None:
+    """TOML reads an unquoted dotted key as nested tables: say so rather than "unknown key 4"."""
+    reason = bad(f"[borg]\n[borg.binaries]\n{body}\n").reason
+    assert reason.startswith(f"config {SOURCE}:{line}: borg.binaries."), reason
+    assert reason.endswith(message), reason
+
+
+def test_a_table_with_a_misspelt_key_gets_no_quoting_hint() -> None:
+    reason = bad('[borg]\n[borg.binaries]\nborg = { path = "/usr/bin/borg", sha = "x" }\n').reason
+    assert reason == f"config {SOURCE}:3: borg.binaries.borg.sha: unknown key (known: path, version)"
+
+
 def test_empty_binaries_table() -> None:
     assert "borg.binaries: must be a table" in bad("[borg.binaries]\n").reason
 
