@@ -16,6 +16,14 @@ reset, as they do the reset after a reboot when the state dir is on tmpfs (/run)
 
 fcntl.flock rather than the filelock package: filelock's import alone costs ~30-40 ms per
 connection, more than the gate's whole budget.
+
+Other members of the state dir's group can plant files here, so a counters file is only
+trusted as far as it must be: the writer opens its own file through the checked dir
+descriptor (O_NOFOLLOW, O_NONBLOCK), uses it only when it is a regular file owned by this
+uid, reads at most MAX_BYTES, and takes anything it cannot parse (garbled, too deep for
+json, not an object) as a reason to start over, counting that as a sink failure. A lock
+held by someone else is waited for at most LOCK_WAIT seconds: counting is best effort and
+must never hang a connection.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +46,8 @@ PREFIX: Final = "counters-"
 FILE_MODE: Final = 0o644  # counts only, no secrets: status works for anyone who can read the state dir
 FLAGS: Final = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO planted here cannot hang us
 BLOCK: Final = 4096
+MAX_BYTES: Final = 1 << 20  # ~10,000 series; a bigger file is not one the gate wrote
+LOCK_WAIT: Final = 2.0  # our own gates hold the lock for microseconds; readers (status) hardly longer
 _LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
 SERIES_RE: Final = re.compile(rf"[a-zA-Z_:][a-zA-Z0-9_:]*(\{{{_LABEL}(,{_LABEL})*\}})?")
 
@@ -61,7 +72,7 @@ HELP: Final = {
     READ: "Bytes read by ended borg serve sessions, all files and pipes (supervise mode only).",
     WRITTEN: "Bytes written by ended borg serve sessions, all files and pipes (supervise mode only).",
     CONFIG_ERRORS: "Connections that found the config file broken.",
-    SINK_FAILURES: "Events a log sink failed to take (file, syslog, render).",
+    SINK_FAILURES: "Events a log sink failed to take (file, syslog, render, counters).",
 }
 
 
@@ -134,12 +145,15 @@ class Totals:
     unreadable: list[str] = field(default_factory=list)
 
 
-def _parse(raw: bytes) -> dict[str, Any]:
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    """The file's object: {} for an empty (new) file, None for anything else that is not one."""
+    if not raw.strip():
+        return {}
     try:
         data = json.loads(raw)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than json's C scanner will go
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _values(data: Mapping[str, Any], *, checked: bool) -> dict[str, float]:
@@ -152,13 +166,53 @@ def _values(data: Mapping[str, Any], *, checked: bool) -> dict[str, float]:
     return {k: _number(v) for k, v in values.items() if isinstance(k, str) and SERIES_RE.fullmatch(k)}
 
 
-def _read(fd: int) -> bytes:
+def _read(fd: int) -> bytes | None:
+    """The whole file, or None when it is bigger than MAX_BYTES (a sparse or planted giant is never read)."""
+    if os.fstat(fd).st_size > MAX_BYTES:
+        return None
     chunks = []
     offset = 0
-    while chunk := os.pread(fd, 1 << 16, offset):
+    while offset <= MAX_BYTES and (chunk := os.pread(fd, 1 << 16, offset)):
         chunks.append(chunk)
         offset += len(chunk)
-    return b"".join(chunks)
+    return b"".join(chunks) if offset <= MAX_BYTES else None
+
+
+def _lock(fd: int, operation: int) -> bool:
+    """flock within LOCK_WAIT seconds: anyone in the group can open our file, lock it and never let go.
+
+    Uncontended, one non-blocking flock. Contended, a blocking flock in a helper thread on a
+    dup of ``fd`` (the thread's own, so a reused descriptor number can never be locked by
+    mistake), woken by the kernel the instant the holder lets go; polling instead loses the
+    race to 50 busy gates now and then. Given up on, the dup still shares ``fd``'s open file
+    description: a lock the thread gets later goes when the caller closes ``fd``.
+    """
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        pass
+    import threading  # only contention pays for it
+
+    got = threading.Event()
+    dup = os.dup(fd)
+
+    def wait() -> None:
+        try:
+            fcntl.flock(dup, operation)
+            got.set()
+        except OSError:
+            pass
+        finally:
+            os.close(dup)  # the lock belongs to the shared open file description, not to this descriptor
+
+    threading.Thread(target=wait, daemon=True).start()
+    return got.wait(LOCK_WAIT)
+
+
+def _own_file(fd: int) -> bool:
+    st = os.fstat(fd)
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def _open_dir(state_dir: str) -> int | None:
@@ -183,9 +237,17 @@ def add(state_dir: str, increments: Mapping[str, float], errors: Mapping[str, st
     finally:
         os.close(dir_fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # held for one read and one write: microseconds
+        # planted by another member (then not ours) or a FIFO: not ours to trust or to write
+        if not _own_file(fd) or not _lock(fd, fcntl.LOCK_EX):  # held for one read and one write: microseconds
+            return False
         raw = _read(fd)
-        data = _parse(raw)
+        data = None if raw is None else _parse(raw)
+        if raw is None or data is None:  # oversized or garbled: start over from zero, and say so
+            name = f"{PREFIX}{os.getuid()}.json"
+            errors = {"counters": f"{name}: unreadable, started over from zero", **(errors or {})}
+            increments = {**increments, series(SINK_FAILURES, sink="counters"): 1}
+            os.ftruncate(fd, 0)
+            raw, data = b"", {}
         values = _values(data, checked=False)
         for key, amount in increments.items():
             values[key] = values.get(key, 0.0) + amount
@@ -226,13 +288,15 @@ def load(state_dir: str) -> Totals:
                 totals.unreadable.append(name)
                 continue
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH)
-                data = _parse(_read(fd))
+                raw = _read(fd) if stat.S_ISREG(os.fstat(fd).st_mode) and _lock(fd, fcntl.LOCK_SH) else None
+                data = None if raw is None else _parse(raw)
             except OSError:
-                totals.unreadable.append(name)
-                continue
+                data = None
             finally:
                 os.close(fd)
+            if data is None:
+                totals.unreadable.append(name)
+                continue
             for key, value in _values(data, checked=True).items():
                 totals.values[key] = totals.values.get(key, 0.0) + value
             last = data.get("last_error")

@@ -162,14 +162,26 @@ class EventLog:
             record = {"event": event}
             line = ""
             errors["render"] = repr(exc)
+        # Every sink is fenced: an error escaping here would escape the gate's own error handler
+        # too (it emits gate.error), and the client would get a traceback instead of a refusal.
         if line and self.log_file is not None:
-            error = append_line(self.log_file, (line + "\n").encode())
+            try:
+                error = append_line(self.log_file, (line + "\n").encode())
+            except Exception as exc:
+                error = repr(exc)
             if error:
                 errors["file"] = error
         if line and self.syslog:
-            error = send_syslog(line, SYSLOG_SEVERITY.get(event, 6), os.getpid())
+            try:
+                error = send_syslog(line, SYSLOG_SEVERITY.get(event, 6), os.getpid())
+            except Exception as exc:
+                error = repr(exc)
             if error:
                 errors["syslog"] = error
         self.failures += len(errors)
         if self.state_dir is not None:
-            counters.add(self.state_dir, counters.from_event(record, errors), errors)
+            try:
+                counted = counters.add(self.state_dir, counters.from_event(record, errors), errors)
+            except Exception:
+                counted = False
+            self.failures += not counted

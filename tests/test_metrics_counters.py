@@ -84,11 +84,18 @@ def test_missing_or_unsafe_state_dir_is_no_error(tmp_path: Path) -> None:
 def test_corrupt_or_hostile_file(tmp_path: Path) -> None:
     mine = tmp_path / f"counters-{os.getuid()}.json"
     mine.write_text("{not json")
-    assert counters.add(str(tmp_path), {"a_total": 1})  # starts over rather than failing forever
-    assert counters.load(str(tmp_path)).values == {"a_total": 1}
+    assert counters.add(str(tmp_path), {"a_total": 1})  # starts over rather than failing forever, and says so
+    restarted = series(counters.SINK_FAILURES, sink="counters")
+    assert counters.load(str(tmp_path)).values == {"a_total": 1, restarted: 1}
     hostile = {"values": {'x_total{a="1"}\nevil_total': 5, "ok_total": -3, "fine_total": "7", "good_total": 2}}
     (tmp_path / "counters-4242.json").write_text(json.dumps(hostile))
-    assert counters.load(str(tmp_path)).values == {"a_total": 1, "ok_total": 0, "fine_total": 0, "good_total": 2}
+    assert counters.load(str(tmp_path)).values == {
+        "a_total": 1,
+        restarted: 1,
+        "ok_total": 0,
+        "fine_total": 0,
+        "good_total": 2,
+    }
 
 
 INCREMENTER = """
