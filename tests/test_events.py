@@ -197,7 +197,7 @@ def test_all_events_of_a_connection_share_its_id(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("log_file", ["/dev/full", "{root}", "{root}/gate.jsonl/x"])
 def test_failing_file_sink_never_breaks_a_backup(tmp_path: Path, log_file: str) -> None:
-    """Disk full (/dev/full), a directory, a path under a file: borg still runs, stdout stays borg's."""
+    """A device (/dev/full), a directory, a path under a file: borg still runs, stdout stays borg's."""
     host = Host(tmp_path, gate={"log_file": log_file.format(root=tmp_path)})
     (tmp_path / "gate.jsonl").write_text("")
     out = host.run("borg serve", ["--client", "alice"], stdin=b"request")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -224,3 +226,19 @@ def test_a_regular_log_file_is_still_appended(tmp_path: Path) -> None:
         assert events.append_line(str(log_file), f"{n}\n".encode()) is None
     assert log_file.read_text() == "0\n1\n"
     assert log_file.stat().st_mode & 0o777 == events.LOG_MODE
+
+
+def test_a_write_error_on_a_regular_log_file_is_reported(tmp_path: Path) -> None:
+    """/dev/full is now refused before any write: a file past RLIMIT_FSIZE still gives a real write error."""
+    log_file = tmp_path / "gate.jsonl"
+    log_file.write_bytes(b"x" * 8192)
+    probe = "import sys; from borg_gate import events; print(events.append_line(sys.argv[1], b'line\\n'))"
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # Python ignores SIGXFSZ: EFBIG instead
+
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(log_file)], preexec_fn=small_files, capture_output=True, text=True, check=True
+    )
+    assert out.stdout == f"{log_file}: File too large\n"
+    assert log_file.stat().st_size == 8192

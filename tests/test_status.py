@@ -85,10 +85,10 @@ def test_sink_failures_shown(tmp_path: Path) -> None:
         assert host.run("borg serve", ["--client", "alice"]).returncode == 0
     report = status_json(host)
     assert report["sink_failures"] == {"file": 3, "syslog": 0}
-    assert report["last_sink_errors"][-1]["error"] == "/dev/full: No space left on device"
+    assert report["last_sink_errors"][-1]["error"] == "/dev/full: not a regular file"
     assert report["sessions"] == [] and report["budgets"][0]["in_use"] == 0
     text = status(host).stdout
-    assert "log sink failures: file 3, syslog 0" in text and "No space left on device" in text
+    assert "log sink failures: file 3, syslog 0" in text and "not a regular file" in text
 
 
 def test_broken_config_or_state_dir(tmp_path: Path) -> None:
