@@ -30,7 +30,11 @@ Queue (one per budget)
     successor wakes, reads whom the dead one was waiting for (each ticket file starts with
     that name, updated before each move) and waits for that one instead. A head that got its
     slot blanks its link and unlinks its ticket, so a missing or blank predecessor means
-    "everyone before me is done". Connections with ``wait = 0`` never queue: they take a free
+    "everyone before me is done". The successor unlinks a dead waiter's ticket once it has
+    its link; in the sticky state dir it cannot when the dead one was another unix user
+    (EPERM), and the file stays behind, unlocked, named by nobody: its only successor has
+    read it and already links past it, so nothing ever reads it again (it goes with /run at
+    the next boot). Connections with ``wait = 0`` never queue: they take a free
     slot or are refused at once (and may take a slot the head was about to get).
 
 Waiting costs no CPU
@@ -464,7 +468,7 @@ class _Acquirer:
             try:
                 after = _read_link(fd, level)
                 ticket.set_link(after)  # before the old target's file goes: a successor must find our way
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # EPERM: another user's, in the sticky dir; left, read by nobody
                     os.unlink(target, dir_fd=self.dir_fd)
             finally:
                 os.close(fd)

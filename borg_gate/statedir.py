@@ -3,23 +3,26 @@
 Every file in it is reached through the directory descriptor returned here (``dir_fd``)
 and opened with O_NOFOLLOW, so nobody can swap the directory or plant a symlink between
 the check and the use. A state dir is refused (misconfigured) when it is a symlink, not a
-directory, owned by someone other than root or the gate's own user, or world-writable
-without the sticky bit. It is created when missing (mode 0700 for the gate's own user);
-its parent must exist.
+directory, owned by someone other than root or the gate's own user, or group- or
+world-writable without the sticky bit. It is created when missing (mode 0700 for the gate's
+own user); its parent must exist.
 
 Sharing one host budget between several unix users (one per client) works through a group:
 
     groupadd borg-gate                      # the gate users, and nobody else
     usermod -aG borg-gate alice             # for each client's unix user
-    install -d -o root -g borg-gate -m 2770 /run/borg-gate
+    install -d -o root -g borg-gate -m 3770 /run/borg-gate
     # on systemd hosts, to survive reboots (/run is a tmpfs), in /etc/tmpfiles.d/borg-gate.conf:
-    #   d /run/borg-gate 2770 root borg-gate -
+    #   d /run/borg-gate 3770 root borg-gate -
 
 The setgid bit makes every file created inside belong to the group whatever the creating
 user's primary group is; the gate creates its files with umask 007 (mode 0660), so each gate
-user can lock and update the files of the others. Only gate users may be in the group: a
-member who could run arbitrary code could hold slots forever (a denial of service, never a
-way around confinement, which borg serve enforces).
+user can lock and update the files of the others. The sticky bit is required: without it any
+member could unlink a slot file held by a running session, and the next gate would create a
+fresh file under that name, lock it and serve over the limit. With it, only a file's owner
+(or root) can unlink or replace it. Only gate users may be in the group: a member who could
+run arbitrary code could hold slots forever (a denial of service, never a way around
+confinement, which borg serve enforces).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ FILE_FLAGS: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 FILE_MODE: Final = 0o660  # group-writable: gate users sharing a budget through a setgid dir
 SHARED_UMASK: Final = 0o007
 
-HOWTO: Final = "create it with: install -d -m 2770 -g <gate group> DIR"
+HOWTO: Final = "create it with: install -d -o root -g <gate group> -m 3770 DIR"
 
 
 def _check(path: str, st: os.stat_result) -> None:
@@ -46,6 +49,20 @@ def _check(path: str, st: os.stat_result) -> None:
         raise misconfigured(f"state dir {path}: owned by uid {st.st_uid}, not by root or this user")
     if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
         raise misconfigured(f"state dir {path}: world-writable without the sticky bit")
+    if st.st_mode & stat.S_IWGRP and not st.st_mode & stat.S_ISVTX:
+        raise misconfigured(
+            f"state dir {path}: group-writable without the sticky bit (any member could unlink the"
+            f" others' slot files); fix: install -d -o root -g {_group(st.st_gid)} -m 3770 {path}"
+        )
+
+
+def _group(gid: int) -> str:
+    import grp  # only a refused dir pays for the lookup
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def open_dir(path: str, *, create: bool = True) -> int:

@@ -5,13 +5,16 @@
 # (adduser BORGUSER borg-gate): the gate runs as that user and shares these paths with the others.
 #
 # /run/borg-gate: the state dir ([gate] state_dir): session-slot lock files and the borg version
-# cache. 2770: members create and lock files here, nobody else can even look; the setgid bit
-# keeps the group borg-gate on what they create. On tmpfs, so no lock outlives a reboot.
+# cache. 3770: members create and lock files here, nobody else can even look; the setgid bit
+# keeps the group borg-gate on what they create; the sticky bit lets only a file's owner unlink
+# or replace it (else a member could unlink a held slot file and run a session over the limit;
+# the gate refuses a group-writable state dir without it). On tmpfs, so no lock outlives a reboot.
 #Type Path                          Mode User Group     Age Argument
-d     /run/borg-gate                2770 root borg-gate -   -
+d     /run/borg-gate                3770 root borg-gate -   -
 #
 # /var/log/borg-gate: the JSON event log ([gate] log_file). The gate appends to it as whichever
 # backup user connects and would otherwise create it 0640 for itself alone, locking the others
 # out; so the file is made here, 0660 root:borg-gate, and logrotate re-creates it the same way.
-d     /var/log/borg-gate            2770 root borg-gate -   -
+# Sticky too: a member can append to the log, never replace it (by a FIFO, a symlink, its own file).
+d     /var/log/borg-gate            3770 root borg-gate -   -
 f     /var/log/borg-gate/gate.jsonl 0660 root borg-gate -   -

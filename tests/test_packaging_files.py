@@ -66,8 +66,8 @@ def test_tmpfiles_entry_makes_the_configs_default_paths_shared_by_the_group() ->
             kind, path, mode, user, group, *_ = line.split()
             entries[path] = (kind, mode, user, group)
     defaults = config.Config()
-    assert entries[defaults.state_dir] == ("d", "2770", "root", GROUP)
-    assert entries[str(Path(defaults.log_file).parent)] == ("d", "2770", "root", GROUP)
+    assert entries[defaults.state_dir] == ("d", "3770", "root", GROUP)
+    assert entries[str(Path(defaults.log_file).parent)] == ("d", "3770", "root", GROUP)
     assert entries[defaults.log_file] == ("f", "0660", "root", GROUP)
 
 
@@ -78,8 +78,8 @@ def test_tmpfiles_entry_is_what_systemd_tmpfiles_applies(tmp_path: Path) -> None
     (tmp_path / "etc/group").write_text(f"root:x:0:\n{GROUP}:x:{gid}:\n")
     run("systemd-tmpfiles", "--create", f"--root={tmp_path}", PACKAGING / "tmpfiles.d")
     for path, mode in (
-        ("run/borg-gate", 0o2770),
-        ("var/log/borg-gate", 0o2770),
+        ("run/borg-gate", 0o3770),
+        ("var/log/borg-gate", 0o3770),
         ("var/log/borg-gate/gate.jsonl", 0o660),
     ):
         st = (tmp_path / path).stat()

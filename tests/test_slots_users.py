@@ -1,4 +1,4 @@
-"""Several unix users, one per client, sharing one host budget through a setgid group dir.
+"""Several unix users, one per client, sharing one host budget through a setgid, sticky group dir.
 
 Real users (created here if missing, as root) run real gates through setpriv, exactly as
 sshd would run each client's forced command as that client's user.
@@ -68,7 +68,7 @@ def shared_site(root: Path, mode: int) -> tuple[Site, Site]:
 
 
 def test_two_users_share_one_host_budget_through_a_setgid_group_dir(shared_root: Path) -> None:
-    site_a, site_b = shared_site(shared_root, 0o2770)
+    site_a, site_b = shared_site(shared_root, 0o3770)
     for n in range(15):
         site_a.spawn("alice", env={"LC_SLOTS_SECONDS": "0.05"})
         site_b.spawn("bob", env={"LC_SLOTS_SECONDS": "0.05"})
@@ -94,7 +94,7 @@ def test_two_users_share_one_host_budget_through_a_setgid_group_dir(shared_root:
 
 def test_without_the_setgid_bit_the_other_user_is_locked_out_and_told(shared_root: Path) -> None:
     """What the docs warn about: files get the creator's own group, so the next user cannot open them."""
-    site_a, site_b = shared_site(shared_root, 0o770)
+    site_a, site_b = shared_site(shared_root, 0o1770)  # sticky (else refused outright), no setgid
     assert site_a.spawn("alice", env={"LC_SLOTS_SECONDS": "0"}).wait(60) == 0
     refused = site_b.spawn("bob", "--wait", "0")
     assert refused.wait(60) == Kind.MISCONFIGURED
@@ -102,7 +102,7 @@ def test_without_the_setgid_bit_the_other_user_is_locked_out_and_told(shared_roo
 
 
 def test_a_state_dir_owned_by_another_gate_user_is_refused(shared_root: Path) -> None:
-    site_a, site_b = shared_site(shared_root, 0o2770)
+    site_a, site_b = shared_site(shared_root, 0o3770)
     os.chown(site_a.state_dir, pwd.getpwnam(USERS[0]).pw_uid, grp.getgrnam(GROUP).gr_gid)
     assert site_a.spawn("alice", env={"LC_SLOTS_SECONDS": "0"}).wait(60) == 0
     refused = site_b.spawn("bob")

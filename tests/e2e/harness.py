@@ -264,10 +264,10 @@ class Site:
         gid = group_id()
         self.root.mkdir(parents=True)
         self.root.chmod(0o755)
-        for d in (self.state_dir, self.log_file.parent, self.repos):
+        for d, mode in ((self.state_dir, 0o3770), (self.log_file.parent, 0o3770), (self.repos, 0o2770)):
             d.mkdir()
             os.chown(d, 0, gid)
-            d.chmod(0o2770)
+            d.chmod(mode)  # sticky where members share files (packaging/tmpfiles.d), setgid everywhere
         self.log_file.touch()
         os.chown(self.log_file, 0, gid)
         self.log_file.chmod(0o660)
