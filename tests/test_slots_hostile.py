@@ -13,48 +13,27 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from borg_gate import statedir
 from borg_gate.errors import Kind, Refusal
+from tests import test_slots_users
 from tests.slots_support import Hold, Site, assert_all_free
-from tests.test_slots_users import GROUP, USERS, as_user, ensure_users
+from tests.test_slots_users import GROUP, USERS, as_user, shared_site
+
+shared_root = test_slots_users.shared_root  # the fixture: the two users exist, and a /tmp dir they can reach
 
 STICKY = 0o3770
 
 
-@pytest.fixture
-def root() -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.fail("this test creates unix users and runs gates as them: run it as root (CI does)")
-    ensure_users()
-    path = Path(tempfile.mkdtemp(prefix="bghostile-", dir="/tmp"))  # pytest's tmp_path is root-only
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
-
-
 def sites(root: Path, mode: int) -> tuple[Site, Site]:
     """One host with a budget of one session, seen by each of the two users; the state dir in ``mode``."""
-    a = Site(root, max_sessions=1, per_client=1, run_as=as_user(USERS[0]))
-    b = Site(root, max_sessions=1, per_client=1, run_as=as_user(USERS[1]))
-    for path in (root / "bin" / "counter.json", root / "bin" / "events.log", a.log_file):
-        path.touch()
-        path.chmod(0o666)
-    a.state_dir.mkdir()
-    os.chown(a.state_dir, 0, grp.getgrnam(GROUP).gr_gid)
-    a.state_dir.chmod(mode)
-    return a, b
+    return shared_site(root, mode, max_sessions=1)
 
 
 def unlink_as(user: str, path: Path) -> subprocess.CompletedProcess[str]:
@@ -96,9 +75,9 @@ def test_sticky_or_not_group_writable_state_dirs_are_accepted(tmp_path: Path, mo
     os.close(statedir.open_dir(str(state)))
 
 
-def test_the_fix_in_the_message_works(root: Path) -> None:
+def test_the_fix_in_the_message_works(shared_root: Path) -> None:
     """What the refusal tells the admin to run turns the refusal into a served connection."""
-    site_a, _ = sites(root, 0o2770)
+    site_a, _ = sites(shared_root, 0o2770)
     refused = site_a.spawn("alice")
     assert refused.wait(60) == Kind.MISCONFIGURED
     fix = refused.stderr().removesuffix("\n").rpartition("fix: ")[2]
@@ -111,9 +90,9 @@ def test_the_fix_in_the_message_works(root: Path) -> None:
 # --------------------------------------------------------------------------- the review's bypass
 
 
-def test_a_member_cannot_unlink_a_held_slot_to_run_over_the_limit(root: Path) -> None:
-    site_a, site_b = sites(root, STICKY)
-    hold = Hold(root / "hold")
+def test_a_member_cannot_unlink_a_held_slot_to_run_over_the_limit(shared_root: Path) -> None:
+    site_a, site_b = sites(shared_root, STICKY)
+    hold = Hold(shared_root / "hold")
     first = site_a.spawn("alice", hold=hold)
     site_a.wait_for(lambda: site_a.started(), "the first session to start")
     held = sorted(site_a.state_dir.glob("slot.*"))
@@ -133,15 +112,15 @@ def test_a_member_cannot_unlink_a_held_slot_to_run_over_the_limit(root: Path) ->
 # --------------------------------------------------------------------------- dead waiters' tickets
 
 
-def test_a_dead_waiters_ticket_another_user_cannot_remove_keeps_the_queue_in_order(root: Path) -> None:
+def test_a_dead_waiters_ticket_another_user_cannot_remove_keeps_the_queue_in_order(shared_root: Path) -> None:
     """W0 (user a) <- T1 (user b, killed) <- G2 (user a): G2 cannot unlink T1's ticket (sticky dir).
 
     G2 must still wait for W0, whom T1 was waiting for, not take T1's leftover file as the
     end of the line (it would then block on the slot beside W0, and could overtake it), and
     later arrivals must queue as usual past the leftover.
     """
-    site_a, site_b = sites(root, STICKY)
-    hold = Hold(root / "hold")
+    site_a, site_b = sites(shared_root, STICKY)
+    hold = Hold(shared_root / "hold")
     holder = site_a.spawn("alice", hold=hold)
     site_a.wait_for(lambda: site_a.started(), "the first session to start")
     w0 = site_a.spawn("dave", env={"LC_SLOTS_SECONDS": "0.3"})

@@ -54,10 +54,10 @@ def shared_root() -> Iterator[Path]:
         shutil.rmtree(root)
 
 
-def shared_site(root: Path, mode: int) -> tuple[Site, Site]:
+def shared_site(root: Path, mode: int, max_sessions: int = 2) -> tuple[Site, Site]:
     """One host (config, state dir, recorder) as seen by each of the two users."""
-    site_a = Site(root, max_sessions=2, per_client=1, run_as=as_user(USERS[0]))
-    site_b = Site(root, max_sessions=2, per_client=1, run_as=as_user(USERS[1]))
+    site_a = Site(root, max_sessions=max_sessions, per_client=1, run_as=as_user(USERS[0]))
+    site_b = Site(root, max_sessions=max_sessions, per_client=1, run_as=as_user(USERS[1]))
     for path in (root / "bin" / "counter.json", root / "bin" / "events.log", site_a.log_file):
         path.touch()
         path.chmod(0o666)  # the recorders and gates write these as either user
