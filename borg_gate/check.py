@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Final
 
-from borg_gate import authkeys, cli, config, keyopts, policy, versions
+from borg_gate import authkeys, cli, config, keyopts, policy, statedir, versions
 from borg_gate.config import BinarySpec, Config
 from borg_gate.errors import Refusal, shown
 from borg_gate.keyopts import KeyOptions
@@ -295,8 +295,9 @@ def check_state_dir(report: Report, cfg: Config, users: Sequence[User]) -> None:
     if isinstance(st, str):
         report.add(ERROR, "state-dir", f"state dir {st} (session slots live there)", where)
         return
-    if st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX:
-        report.add(WARNING, "state-dir", f"state dir {cfg.state_dir} is writable by everyone, sticky bit unset", where)
+    problem = statedir.unsafe(cfg.state_dir, st, {0, *(user.uid for user in users)} if users else {0, os.geteuid()})
+    if problem is not None:
+        report.add(ERROR, "state-dir", f"{problem}: the gate refuses it", where)
     for user in users:
         blocked = unreachable(cfg.state_dir, user)
         if blocked or not allows(st, user, 3):

@@ -47,7 +47,10 @@ FILE_MODE: Final = 0o644  # counts only, no secrets: status works for anyone who
 FLAGS: Final = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO planted here cannot hang us
 BLOCK: Final = 4096
 MAX_BYTES: Final = 1 << 20  # ~10,000 series; a bigger file is not one the gate wrote
-LOCK_WAIT: Final = 2.0  # our own gates hold the lock for microseconds; readers (status) hardly longer
+# Our own gates hold the lock for microseconds, but 100 of them on 2 busy cores can queue for
+# seconds (2 s lost increments in a loaded storm); a group member holding it on purpose
+# only delays a connection by this much per event, never hangs it.
+LOCK_WAIT: Final = 10.0
 _LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
 SERIES_RE: Final = re.compile(rf"[a-zA-Z_:][a-zA-Z0-9_:]*(\{{{_LABEL}(,{_LABEL})*\}})?")
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Container
 from typing import Final
 
 from borg_gate.errors import misconfigured
@@ -42,18 +43,26 @@ SHARED_UMASK: Final = 0o007
 HOWTO: Final = "create it with: install -d -o root -g <gate group> -m 3770 DIR"
 
 
-def _check(path: str, st: os.stat_result) -> None:
+def unsafe(path: str, st: os.stat_result, owners: Container[int]) -> str | None:
+    """Why a state dir must not be used, or None: the one rule the gate and ``borg-gate check`` share."""
     if not stat.S_ISDIR(st.st_mode):
-        raise misconfigured(f"state dir {path}: not a directory")
-    if st.st_uid not in (0, os.geteuid()):
-        raise misconfigured(f"state dir {path}: owned by uid {st.st_uid}, not by root or this user")
+        return f"state dir {path}: not a directory"
+    if st.st_uid not in owners:
+        return f"state dir {path}: owned by uid {st.st_uid}, not by root or this user"
     if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-        raise misconfigured(f"state dir {path}: world-writable without the sticky bit")
+        return f"state dir {path}: world-writable without the sticky bit"
     if st.st_mode & stat.S_IWGRP and not st.st_mode & stat.S_ISVTX:
-        raise misconfigured(
+        return (
             f"state dir {path}: group-writable without the sticky bit (any member could unlink the"
             f" others' slot files); fix: install -d -o root -g {_group(st.st_gid)} -m 3770 {path}"
         )
+    return None
+
+
+def _check(path: str, st: os.stat_result) -> None:
+    problem = unsafe(path, st, (0, os.geteuid()))
+    if problem is not None:
+        raise misconfigured(problem)
 
 
 def _group(gid: int) -> str:

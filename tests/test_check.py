@@ -364,9 +364,15 @@ def test_state_dir_and_log_file_usable_by_the_gates_users(shared_dir: Path) -> N
     check.check_log_file(report, cfg, [user])
     assert [(f.severity, f.code) for f in report.findings] == [(ERROR, "state-dir"), (WARNING, "log-file")]
     assert f"user {user.name} cannot" in report.findings[0].message
-    # group-shared as packaging lays it out: 2770 and 0660, the user in the directory's group
+    # group-shared as packaging lays it out: 3770 and 0660, the user in the directory's group
     shared = check.User(user.name, user.uid, frozenset({os.getegid()}), user.home, user.shell)
     (shared_dir / "state").chmod(0o2770)
+    report = Report()
+    check.check_state_dir(report, cfg, [shared])
+    assert [(f.severity, f.code) for f in report.findings] == [(ERROR, "state-dir")]
+    assert "group-writable without the sticky bit" in report.findings[0].message
+    assert "-m 3770" in report.findings[0].message
+    (shared_dir / "state").chmod(0o3770)
     log.chmod(0o660)
     report = Report()
     check.check_state_dir(report, cfg, [shared])

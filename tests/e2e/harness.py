@@ -372,9 +372,7 @@ class Site:
         cmd = ["ssh", *ssh_options(key), "-T", "-p", str(self.sshd.port), f"{user}@127.0.0.1"]
         if command is not None:
             cmd.append(command)
-        p = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
-        )
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
         return Result(cmd, p.returncode, p.stdout, p.stderr)
 
 
