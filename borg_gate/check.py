@@ -16,7 +16,6 @@ import contextlib
 import fnmatch
 import functools
 import glob
-import grp
 import json
 import os
 import pwd
@@ -178,13 +177,6 @@ def owner_name(uid: int) -> str:
         return str(uid)
 
 
-def group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
-
-
 # --------------------------------------------------------------------------- config
 
 
@@ -304,7 +296,7 @@ def check_state_dir(report: Report, cfg: Config, users: Sequence[User]) -> None:
             report.add(
                 ERROR,
                 "state-dir",
-                f"state dir {cfg.state_dir} ({owner_name(st.st_uid)}:{group_name(st.st_gid)} "
+                f"state dir {cfg.state_dir} ({owner_name(st.st_uid)}:{statedir.group_name(st.st_gid)} "
                 f"{stat.S_IMODE(st.st_mode):o}): user {user.name} cannot create files in it",
                 where,
             )
@@ -343,7 +335,7 @@ def check_log_file(report: Report, cfg: Config, users: Sequence[User]) -> None:
             report.add(
                 WARNING,
                 "log-file",
-                f"log file {cfg.log_file} ({owner_name(st.st_uid)}:{group_name(st.st_gid)} "
+                f"log file {cfg.log_file} ({owner_name(st.st_uid)}:{statedir.group_name(st.st_gid)} "
                 f"{stat.S_IMODE(st.st_mode):o}): user {user.name} cannot append; its events are lost",
                 where,
             )

@@ -54,7 +54,7 @@ def unsafe(path: str, st: os.stat_result, owners: Container[int]) -> str | None:
     if st.st_mode & stat.S_IWGRP and not st.st_mode & stat.S_ISVTX:
         return (
             f"state dir {path}: group-writable without the sticky bit (any member could unlink the"
-            f" others' slot files); fix: install -d -o root -g {_group(st.st_gid)} -m 3770 {path}"
+            f" others' slot files); fix: install -d -o root -g {group_name(st.st_gid)} -m 3770 {path}"
         )
     return None
 
@@ -65,7 +65,7 @@ def _check(path: str, st: os.stat_result) -> None:
         raise misconfigured(problem)
 
 
-def _group(gid: int) -> str:
+def group_name(gid: int) -> str:
     import grp  # only a refused dir pays for the lookup
 
     try:
