@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
-from borg_gate.errors import misconfigured, shown
+from borg_gate.errors import Kind, misconfigured, shown
 
 CLIENT_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SIZE_RE: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)([KMGTP]?)")
@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
             "takes a session slot and execs borg serve. Put it in authorized_keys as "
             'command="borg-gate --client NAME …",restrict ssh-ed25519 AAAA…. '
             "Admin commands: borg-gate status | metrics | check | authorize (see borg-gate CMD --help)."
+        ),
+        epilog=(
+            "Refusals are one stderr line 'borg-gate: <reason>' and exit codes: "
+            + ", ".join(f"{kind.value} {kind.label}" for kind in Kind)
+            + "; after exec the exit code is borg serve's."
         ),
         allow_abbrev=False,
     )
