@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Admin commands: borg-gate status | metrics | check | authorize (see borg-gate CMD --help)."
         ),
         epilog=(
-            "Refusals are one stderr line 'borg-gate: <reason>' and exit codes: "
+            "A refused connection gets one line on stderr and one of these exit codes: "
             + ", ".join(f"{kind.value} {kind.label}" for kind in Kind)
             + "; after exec the exit code is borg serve's."
         ),
