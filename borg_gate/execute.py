@@ -30,11 +30,19 @@ def borg_environment(environ: Mapping[str, str], borg_env: Mapping[str, str]) ->
     return env
 
 
-def exec_serve(argv: tuple[str, ...], env: Mapping[str, str], umask: int, keep_fds: Iterable[int]) -> NoReturn:
+def become(argv: tuple[str, ...], env: Mapping[str, str], umask: int, keep_fds: Iterable[int]) -> NoReturn:
+    """execve borg serve with the config's umask, handing it the slot descriptors; OSError if it cannot run.
+
+    Shared by exec mode (this process) and supervise mode (its forked child).
+    """
     os.umask(umask)
     for fd in keep_fds:
         os.set_inheritable(fd, True)
+    os.execve(argv[0], list(argv), dict(env))
+
+
+def exec_serve(argv: tuple[str, ...], env: Mapping[str, str], umask: int, keep_fds: Iterable[int]) -> NoReturn:
     try:
-        os.execve(argv[0], list(argv), dict(env))
+        become(argv, env, umask, keep_fds)
     except OSError as exc:
         raise misconfigured(f"cannot run {argv[0]}: {exc.strerror}") from None

@@ -68,11 +68,12 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
         spec = policy.choose_binary(request, key, cfg)
         borg = versions.resolve(spec, cfg.state_dir)
         plan = policy.plan(request, key, cfg, borg, client)
-        log.bind(binary=spec.path, borg_version=str(borg.version), restrictions=plan.confinement.options())
+        restrictions = tuple(plan.confinement.options())
+        log.bind(binary=spec.path, borg_version=str(borg.version), restrictions=list(restrictions))
         confine.check_backend(request.backend_path, plan.confinement)
 
         # 4. A session slot: per-client first, then host-wide; may queue until the deadline.
-        session = slots.Session(client, conn.id, spec.path, tuple(plan.confinement.options()), conn.unix_user)
+        session = slots.Session(client, conn.id, spec.path, restrictions, conn.unix_user)
         held = slots.acquire(cfg.state_dir, client, plan.budget, session, say=say, emit=log.emit)
         log.emit(
             "session.started", waited=round(held.waited, 3), slots=held.slots, queues=held.queues, argv=list(plan.argv)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Final, NoReturn
 
+from borg_gate import execute
 from borg_gate.errors import misconfigured
 from borg_gate.events import EventLog
 
@@ -107,10 +108,7 @@ def _child(
         for sig in FORWARDED:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        os.umask(umask)
-        for fd in keep_fds:
-            os.set_inheritable(fd, True)
-        os.execve(argv[0], list(argv), dict(env))
+        execute.become(argv, env, umask, keep_fds)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.write(report, str(exc.errno).encode())
