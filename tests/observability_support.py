@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from borg_gate import slotstatus
+from tests.eventlog import read_events
 from tests.recorder import GATE, SSHD_ENV, Host
 
 HOLD_BORG = r"""#!/usr/bin/python3 -IS
@@ -94,10 +95,7 @@ def wait_ready(proc: subprocess.Popen[bytes]) -> None:
 
 
 def events(host: Host, name: str | None = None) -> list[dict[str, Any]]:
-    """The complete lines of the log: a reader may catch a gate's line half copied, never a torn one."""
-    data = host.log_file.read_bytes() if host.log_file.exists() else b""
-    lines = data.split(b"\n")[:-1]  # whatever follows the last newline is still being written
-    return [e for e in map(json.loads, lines) if name is None or e["event"] == name]
+    return read_events(host.log_file, name)
 
 
 def log_lines(path: Path) -> list[dict[str, Any]]:

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.eventlog import read_events
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/borg-gate-tests")  # world-readable; reused between runs on one machine
 USERS = ("bgate-a", "bgate-b", "bgate-c")
@@ -326,12 +328,7 @@ class Site:
 
     # ---- what the gate logged
     def events(self, event: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_file.read_text().splitlines():
-            record = json.loads(line)
-            if event is None or record.get("event") == event:
-                out.append(record)
-        return out
+        return read_events(self.log_file, event)
 
     # ---- client
     def borg(

@@ -21,6 +21,7 @@ from subprocess import Popen
 from typing import Any
 
 from borg_gate.errors import Kind
+from tests.eventlog import read_events
 
 RECORDER = Path(__file__).with_name("borg")
 GATE = [sys.executable, "-m", "borg_gate"]
@@ -123,9 +124,7 @@ class Host:
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def events(self) -> list[dict[str, Any]]:
-        if not self.log_file.exists():
-            return []
-        return [json.loads(line) for line in self.log_file.read_text().splitlines()]
+        return read_events(self.log_file)
 
     def run(
         self,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from borg_gate import slots
+from tests.eventlog import read_events
 
 RECORDER = Path(__file__).with_name("recorder")
 PYTHON = sys.executable
@@ -191,10 +192,7 @@ class Site:
         return [starts[g.pid] for g in self.gates if g.pid in starts and g.proc.poll() is None]
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        if not self.log_file.exists():
-            return []
-        found = [json.loads(line) for line in self.log_file.read_text().splitlines() if line.strip()]
-        return [e for e in found if name is None or e.get("event") == name]
+        return read_events(self.log_file, name)
 
     def usage(self) -> list[slots.BudgetUsage]:
         return slots.snapshot(str(self.state_dir), self.max_sessions, self.per_client)
