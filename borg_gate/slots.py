@@ -1,19 +1,18 @@
-"""Session slots: host-wide and per-client budgets held as kernel file locks, with a fair queue.
+"""Session slots: host-wide and per-client budgets held as kernel locks, with a fair queue.
 
 Slots
-    A budget of N sessions is N files in the state dir (``slot.host.0`` … and
-    ``slot.client.<name>.0`` …). A slot is held by an exclusive ``flock`` on its file, taken
-    on a descriptor the gate opened itself (O_NOFOLLOW) and made inheritable at exec, so
-    borg serve holds it from then on: whenever that process ends (exit, crash, kill -9),
-    the kernel drops the lock. Nothing is ever cleaned up and no pid is ever trusted.
-    ``fcntl.flock`` is called directly: filelock's ``lock_descriptor`` is this same flock,
-    and importing filelock costs ~40 ms on a path whose whole budget is ~30 ms.
+    A budget of N sessions is N bytes of the state dir's root-owned lock file (budgetfile: why
+    one root-owned file, and its layout). A slot is held by an exclusive open-file-description
+    lock on its byte, taken on a descriptor of its own that is made inheritable at exec, so
+    borg serve holds it from then on: whenever that process ends (exit, crash, kill -9), the
+    kernel drops the lock. Nothing is ever cleaned up and no pid is ever trusted. Slots keep
+    their names (``slot.host.0``, ``slot.client.<name>.0``) for events and ``status``.
 
     A connection takes its client's slot first, then a host-wide one, so a client at its
     own limit queues behind its own sessions without holding a host slot that other
-    clients could use. Each held slot file carries the JSON ``status`` shows (pid, client,
-    conn, started, binary, restrictions, user, state), written on the locked descriptor
-    after the lock is held: no other process writes a slot file while it is held.
+    clients could use. A held slot is described for ``status`` in a record file of the
+    holder's own (``rec.<budget>.<index>.<uid>``), written after the lock is held; records
+    are for display only, a missing or planted one never changes who gets a slot.
 
     Slot N of a budget of L is used only while N < L. Lowering a limit leaves sessions in
     the higher slots running (``status`` still lists them) without counting them against
@@ -21,41 +20,34 @@ Slots
     (a key allowed 1 waits for slot 0 even when its client's slot 2 is free).
 
 Queue (one per budget)
-    When a budget is full, connections wait in arrival order. Each waiter holds an exclusive
-    flock on its own ticket file; tickets are chained: under a short lock on ``queue.<budget>``
-    a newcomer reads the tail, writes its own ticket name as the new tail and records the old
-    tail as its predecessor. A waiter blocks on its predecessor's ticket lock; only the head
-    (no live predecessor) tries the slots, so grants follow arrival order and nobody can
-    overtake. Dead waiters need no cleanup: a waiter killed (-9) or gone loses its lock, its
-    successor wakes, reads whom the dead one was waiting for (each ticket file starts with
-    that name, updated before each move) and waits for that one instead. A head that got its
-    slot blanks its link and unlinks its ticket, so a missing or blank predecessor means
-    "everyone before me is done". The successor unlinks a dead waiter's ticket once it has
-    its link; in the sticky state dir it cannot when the dead one was another unix user
-    (EPERM), and the file stays behind, unlocked, named by nobody: its only successor has
-    read it and already links past it, so nothing ever reads it again (it goes with /run at
-    the next boot). Connections with ``wait = 0`` never queue: they take a free
-    slot or are refused at once (and may take a slot the head was about to get).
+    When a budget may be full, connections wait in arrival order. A newcomer draws the next
+    number from its budget's counter in the lock file and holds an exclusive lock on that
+    number's ticket byte. It then waits for a shared lock over the bytes of every lower
+    number that can be live: the kernel grants it only once none of them is locked, i.e. when
+    everyone who came earlier got a slot or left. Only then does it try the slots, so grants
+    follow arrival order and nobody can overtake. A waiter killed (-9) or gone loses its lock
+    with its process; there are no ticket files, and nothing is left behind. Connections
+    with ``wait = 0`` never queue: they take a free slot or are refused at once (and may take
+    a slot the head was about to get).
 
 Waiting costs no CPU
-    Every wait is a blocking flock in a helper thread, woken by the kernel the instant the
-    lock is free (no poll interval, no missed wake-up); the main thread sleeps in poll() on a
-    pipe from those threads and on fd 1, which reports POLLERR/POLLHUP as soon as sshd
+    Every wait is a blocking lock request in a helper thread, woken by the kernel the instant
+    the bytes are free (no poll interval, no missed wake-up); the main thread sleeps in poll()
+    on a pipe from those threads and on fd 1, which reports POLLERR/POLLHUP as soon as sshd
     closes the session's pipes: an abandoned waiter leaves at once and never takes a slot.
     Only heads block on slots, one thread per slot up to MAX_THREADS; a budget bigger than
-    that has its remaining slots re-tried (LOCK_NB) every RECHECK seconds by its head.
+    that has its remaining slots re-tried (non-blocking) every RECHECK seconds by its head.
 
 ``Holder``, ``BudgetUsage`` and ``snapshot`` (for ``status``/``metrics``) live in slotstatus,
 which reads /proc/locks and never takes a lock; they are reachable here by name but loaded
 only when asked for, as a connection that does not wait never needs them.
 
-Several unix users can share one host budget through a setgid group dir: see statedir.
+Several unix users share one host budget through the group of a shared state dir: see statedir.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import select
@@ -63,8 +55,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from borg_gate import statedir
-from borg_gate.errors import Kind, Refusal, busy, misconfigured
+from borg_gate import budgetfile, statedir
+from borg_gate.errors import Kind, Refusal, busy
 from borg_gate.policy import Budget
 
 if TYPE_CHECKING:
@@ -84,14 +76,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-LINK_WIDTH: Final = 128  # a ticket file starts with its predecessor's name, padded: one pwrite rewrites it
-QUEUE_WIDTH: Final = 160  # "<seq> <tail ticket name>", padded
 ANNOUNCE_AFTER: Final = 0.2  # behind a live ticket, say "waiting" only if it does not move on by then
 MAX_THREADS: Final = 128  # slots beyond this many are re-tried every RECHECK seconds instead
 RECHECK: Final = 1.0
 GONE: Final = select.POLLERR | select.POLLHUP
-
-HEX: Final = frozenset("0123456789abcdef")
+RECORD_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+RECORD_MODE: Final = 0o640  # readable by status (root, the group), writable by its owner alone
 
 Say = Callable[[str], None]
 Emit = Callable[..., None]
@@ -145,6 +135,9 @@ class Level:
     def slot(self, index: int) -> str:
         return f"slot.{self.key}.{index}"
 
+    def record(self, index: int) -> str:
+        return f"rec.{self.key}.{index}.{os.geteuid()}"
+
     def usage(self, in_use: int | None, *, named: bool = True) -> str:
         """``3/8`` or ``alice 2/2``; ``?`` when /proc/locks could not be read."""
         count = f"{'?' if in_use is None else in_use}/{self.limit}"
@@ -152,23 +145,6 @@ class Level:
 
 
 # --- descriptors ------------------------------------------------------------------------------
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _open(dir_fd: int, name: str, **kwargs: bool) -> int:
-    try:
-        return statedir.open_file(dir_fd, name, **kwargs)
-    except (FileNotFoundError, FileExistsError):
-        raise
-    except OSError as exc:
-        raise misconfigured(f"state dir file {name}: {exc.strerror}") from None
 
 
 def _close(fds: Sequence[int]) -> None:
@@ -189,50 +165,57 @@ class _Expired(Exception):
     """The deadline passed while waiting."""
 
 
-class _Blocker:
-    """Waits, without spinning, until this process holds an exclusive flock on one of ``fds``.
+# A lock request: (descriptor, start, length, shared). Each has a descriptor (an open file
+# description) of its own, so that granting one never merges with or releases another.
+Request = tuple[int, int, int, bool]
 
-    One thread per descriptor sits in a blocking flock(LOCK_EX), woken by the kernel when
-    the holder's last descriptor closes. The descriptors belong to the blocker from then
-    on: ``wait`` hands the winner's back; a thread that gets its lock after that closes its
-    descriptor (so the unwanted lock is released at once), and one that never does dies
-    with the process, its descriptor closed by exec (O_CLOEXEC) or exit.
+
+class _Blocker:
+    """Waits, without spinning, until this process holds the lock of one of ``requests``.
+
+    One thread per request sits in a blocking F_OFD_SETLKW, woken by the kernel when the
+    bytes are free. The descriptors belong to the blocker from then on: ``wait`` hands the
+    winner's back; a thread that gets its lock after that closes its descriptor (so the
+    unwanted lock is released at once), and one that never does dies with the process, its
+    descriptor closed by exec (O_CLOEXEC) or exit.
     """
 
-    def __init__(self, fds: Sequence[int], watch_fd: int) -> None:
+    def __init__(self, requests: Sequence[Request], watch_fd: int) -> None:
         import threading  # only waiters pay for it
 
-        self.fds = list(fds)
+        self.requests = list(requests)
         self.watch_fd = watch_fd
         self.mu: threading.Lock = threading.Lock()
         self.won: list[int] = []
         self.done = False
         self.r, self.w = os.pipe()
-        self.polled = list(range(MAX_THREADS, len(self.fds)))  # past the thread cap: NB re-tries
+        self.polled = list(range(MAX_THREADS, len(self.requests)))  # past the thread cap: NB re-tries
         self.poll = select.poll()
         self.poll.register(self.r, select.POLLIN)
         if watch_fd >= 0:
             self.poll.register(watch_fd, 0)
         threading.stack_size(256 * 1024)
-        for i in range(min(len(self.fds), MAX_THREADS)):
+        for i in range(min(len(self.requests), MAX_THREADS)):
             threading.Thread(target=self._block, args=(i,), daemon=True).start()
 
-    def _block(self, i: int) -> None:
-        fd = self.fds[i]
+    def _try(self, i: int, *, wait: bool) -> bool:
+        fd, start, length, shared = self.requests[i]
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            got = True
+            return budgetfile.lock(fd, start, length, shared=shared, wait=wait)
         except OSError:
-            got = False
+            return False
+
+    def _block(self, i: int) -> None:
+        got = self._try(i, wait=True)
         with self.mu:
             if got and not self.done:
                 self.won.append(i)
                 os.write(self.w, b"!")
                 return
-        os.close(fd)
+        os.close(self.requests[i][0])
 
     def wait(self, until: float) -> int | None:
-        """The index of the descriptor now locked, or None at ``until``; raises if the client left."""
+        """The index of the request now granted, or None at ``until``; raises if the client left."""
         while True:
             left = until - time.monotonic()
             if self.polled:
@@ -247,7 +230,7 @@ class _Blocker:
                 if self.won:
                     return self._finish(self.won[0])
             for i in self.polled:
-                if _try_lock(self.fds[i]):
+                if self._try(i, wait=False):
                     with self.mu:
                         return self._finish(i)
             if time.monotonic() >= until:
@@ -256,7 +239,7 @@ class _Blocker:
     def _finish(self, winner: int) -> int:
         """Under ``mu``: keep ``winner``, release every other lock this blocker got."""
         self.done = True
-        _close([self.fds[i] for i in self.won + self.polled if i != winner])
+        _close([self.requests[i][0] for i in self.won + self.polled if i != winner])
         _close([self.r, self.w])
         return winner
 
@@ -266,80 +249,19 @@ class _Blocker:
                 self._finish(-1)
 
 
-# --- tickets ----------------------------------------------------------------------------------
+# --- one connection's way to its slots --------------------------------------------------------
 
 
 class Ticket:
-    """Our place in a queue: a locked file whose first bytes name whom we wait for."""
+    """Our place in a queue: number ``seq``, whose byte ``fd`` holds locked until we leave."""
 
-    __slots__ = ("fd", "joined", "level", "name", "pred", "seq")
+    __slots__ = ("fd", "joined", "level", "seq")
 
-    def __init__(self, level: Level, fd: int, name: str, pred: str, seq: int) -> None:
+    def __init__(self, level: Level, fd: int, seq: int) -> None:
         self.level = level
         self.fd = fd
-        self.name = name
-        self.pred = pred
         self.seq = seq
         self.joined = time.time()
-
-    def set_link(self, name: str) -> None:
-        os.pwrite(self.fd, name.ljust(LINK_WIDTH).encode(), 0)
-
-    def leave(self, granted: bool, dir_fd: int) -> None:
-        """Granted: the link is blank already; unlink so a newcomer naming us knows we are done.
-
-        Otherwise keep the file: the successor reads from it whom to wait for next.
-        """
-        if granted:
-            with contextlib.suppress(OSError):
-                os.unlink(self.name, dir_fd=dir_fd)
-        _close([self.fd])
-
-
-def _is_ticket(name: str, level: Level) -> bool:
-    """``ticket.<budget>.<12-digit seq>.<8 hex>`` of this budget (no regex: its compile costs ~1 ms)."""
-    prefix = f"ticket.{level.key}."
-    rest = name[len(prefix) :]
-    return (
-        name.startswith(prefix)
-        and len(rest) == 21
-        and rest[:12].isdigit()
-        and rest[12] == "."
-        and HEX.issuperset(rest[13:])
-    )
-
-
-def _read_link(fd: int, level: Level) -> str:
-    name = os.pread(fd, LINK_WIDTH, 0).decode("ascii", "replace").strip()
-    return name if _is_ticket(name, level) else ""
-
-
-def _join(dir_fd: int, level: Level, info: dict[str, Any]) -> Ticket:
-    """Become the tail of ``level``'s queue."""
-    qfd = _open(dir_fd, f"queue.{level.key}")
-    try:
-        fcntl.flock(qfd, fcntl.LOCK_EX)  # held for a handful of syscalls
-        seq_text, _, tail = os.pread(qfd, QUEUE_WIDTH, 0).decode("ascii", "replace").strip().partition(" ")
-        seq = int(seq_text) + 1 if seq_text.isdigit() else 1
-        while True:
-            name = f"ticket.{level.key}.{seq % 10**12:012d}.{os.urandom(4).hex()}"
-            try:
-                fd = _open(dir_fd, name, exclusive=True)
-                break
-            except FileExistsError:
-                continue
-        if not _try_lock(fd):  # nobody knows the name yet
-            raise misconfigured(f"state dir file {name}: locked by someone else")
-        ticket = Ticket(level, fd, name, tail if _is_ticket(tail, level) else "", seq)
-        body = json.dumps({**info, "queue": level.key, "since": time.time()}, separators=(",", ":"))
-        os.pwrite(fd, (ticket.pred.ljust(LINK_WIDTH) + "\n" + body + "\n").encode(), 0)
-        os.pwrite(qfd, f"{seq} {name}".ljust(QUEUE_WIDTH).encode(), 0)
-        return ticket
-    finally:
-        os.close(qfd)  # releases the queue lock
-
-
-# --- one connection's way to its slots --------------------------------------------------------
 
 
 def _seconds(s: float) -> str:
@@ -348,9 +270,9 @@ def _seconds(s: float) -> str:
 
 class _Acquirer:
     def __init__(
-        self, dir_fd: int, levels: tuple[Level, Level], wait: float, watch_fd: int, say: Say, emit: Emit
+        self, locks: int, levels: tuple[Level, Level], wait: float, watch_fd: int, say: Say, emit: Emit
     ) -> None:
-        self.dir_fd = dir_fd
+        self.locks = locks  # the checked lock file; every lock is taken on a reopened description of it
         self.client, self.host = levels
         self.wait = wait
         self.start = time.monotonic()
@@ -367,11 +289,12 @@ class _Acquirer:
         from borg_gate import slotstatus
 
         try:
-            table = slotstatus.lock_table()
+            ranges = slotstatus.lock_table().get(slotstatus.devino(os.fstat(self.locks)), [])
         except OSError:
             return [None] * len(levels), None
-        used: list[int | None] = [slotstatus.in_use(self.dir_fd, level, table) for level in levels]
-        return used, slotstatus.position(self.dir_fd, ticket.level.key, ticket.seq, table) if ticket else None
+        used: list[int | None] = [slotstatus.in_use(ranges, level.key, level.limit) for level in levels]
+        place = slotstatus.position(ranges, ticket.level.key, ticket.seq) if ticket else None
+        return used, place
 
     def announce(self, level: Level, ticket: Ticket, *, full: bool = False) -> None:
         """Once per budget: the event; once per connection: the stderr line.
@@ -418,13 +341,16 @@ class _Acquirer:
             waited=round(waited, 3),
         )
 
-    def block(self, fds: Sequence[int], level: Level, ticket: Ticket, grace: bool) -> int:
-        """Wait for one of ``fds`` (which the blocker then owns); the index of the one now locked."""
-        blocker = _Blocker(fds, self.watch_fd)
+    def block(self, requests: Sequence[Request], on_wait: Callable[[], None], *, grace: bool) -> int:
+        """Wait for one of ``requests`` (whose descriptors the blocker then owns); the index granted.
+
+        ``on_wait`` runs once the wait is real: at once, or after ANNOUNCE_AFTER with ``grace``.
+        """
+        blocker = _Blocker(requests, self.watch_fd)
         try:
             got = blocker.wait(min(self.deadline, time.monotonic() + ANNOUNCE_AFTER)) if grace else None
             if got is None:
-                self.announce(level, ticket)
+                on_wait()
                 got = blocker.wait(self.deadline)
         except BaseException:
             blocker.cancel()
@@ -434,68 +360,83 @@ class _Acquirer:
             raise _Expired
         return got
 
+    def locked(self, start: int, length: int, on_wait: Callable[[], None], *, shared: bool = False) -> int:
+        """A new description of the lock file holding ``length`` bytes at ``start``, waiting as needed."""
+        fd = budgetfile.reopen(self.locks)
+        try:
+            if budgetfile.lock(fd, start, length, shared=shared):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        self.block([(fd, start, length, shared)], on_wait, grace=True)
+        return fd
+
+    def join(self, level: Level) -> Ticket:
+        """Our queue number in ``level``, its ticket byte locked.
+
+        The ticket byte is locked before the counter's lock is let go: a newcomer who drew
+        the next number must find ours taken, or it would see nobody ahead and overtake.
+        A number whose byte is already locked (a member rewound the counter) is skipped.
+        """
+        fd = budgetfile.reopen(self.locks)
+        try:
+            guard = self.locked(budgetfile.counter_offset(level.key), budgetfile.COUNTER_WIDTH, lambda: None)
+            try:
+                while True:
+                    seq = budgetfile.bump(guard, level.key)
+                    if budgetfile.lock(fd, budgetfile.ticket_offset(level.key, seq)):
+                        return Ticket(level, fd, seq)
+            finally:
+                os.close(guard)
+        except BaseException:
+            os.close(fd)
+            raise
+
     def take(self, level: Level) -> tuple[int, int]:
         """A slot of ``level`` (descriptor, index): at once when ``wait`` is 0, else in turn."""
         if self.wait <= 0:
-            got, fds = self.scan(level)
-            _close(fds)
+            got = self.scan(level)
             if got is None:
                 raise self.busy(level)
             return got
-        ticket = _join(self.dir_fd, level, {"pid": os.getpid()})
-        self.tickets[level.kind] = {"ticket": ticket.seq, "joined": round(ticket.joined, 6)}
-        granted = False
         try:
-            self.reach_head(ticket, level)
-            got = self.head(level, ticket)
-            granted = True
-            self.tickets[level.kind]["granted"] = round(time.time(), 6)
-            return got
+            ticket = self.join(level)
+            self.tickets[level.kind] = {"ticket": ticket.seq, "joined": round(ticket.joined, 6)}
+            try:
+                for start, length in budgetfile.ahead(level.key, ticket.seq):
+                    os.close(self.locked(start, length, lambda: self.announce(level, ticket), shared=True))
+                got = self.head(level, ticket)
+            finally:
+                os.close(ticket.fd)  # our successor's turn
         except _Expired:
             raise self.busy(level) from None
-        finally:
-            ticket.leave(granted, self.dir_fd)
+        self.tickets[level.kind]["granted"] = round(time.time(), 6)
+        return got
 
-    def reach_head(self, ticket: Ticket, level: Level) -> None:
-        target = ticket.pred
-        while target:
-            try:
-                fd = _open(self.dir_fd, target, create=False)
-            except FileNotFoundError:
-                break  # it got its slot and left: everyone before it is done too
-            if not _try_lock(fd):
-                self.block([fd], level, ticket, grace=True)
-            try:
-                after = _read_link(fd, level)
-                ticket.set_link(after)  # before the old target's file goes: a successor must find our way
-                with contextlib.suppress(OSError):  # EPERM: another user's, in the sticky dir; left, read by nobody
-                    os.unlink(target, dir_fd=self.dir_fd)
-            finally:
-                os.close(fd)
-            target = after
-        ticket.set_link("")
-
-    def scan(self, level: Level) -> tuple[tuple[int, int] | None, list[int]]:
-        """The first free slot (descriptor, index), locked; else None and every slot's descriptor."""
-        fds: list[int] = []
-        try:
-            for i in range(level.limit):
-                fds.append(_open(self.dir_fd, level.slot(i)))
-                if _try_lock(fds[-1]):
-                    _close(fds[:-1])
-                    return (fds[-1], i), []
-        except BaseException:
-            _close(fds)
-            raise
-        return None, fds
+    def scan(self, level: Level) -> tuple[int, int] | None:
+        """The first free slot (descriptor, index), locked, or None."""
+        fd = budgetfile.reopen(self.locks)
+        for i in range(level.limit):
+            if budgetfile.lock(fd, budgetfile.slot_offset(level.key, i)):
+                return fd, i
+        os.close(fd)
+        return None
 
     def head(self, level: Level, ticket: Ticket) -> tuple[int, int]:
-        got, fds = self.scan(level)
+        got = self.scan(level)
         if got is not None:
             return got
         self.announce(level, ticket, full=True)
-        index = self.block(fds, level, ticket, grace=False)
-        return fds[index], index
+        requests: list[Request] = []
+        try:
+            for i in range(level.limit):
+                requests.append((budgetfile.reopen(self.locks), budgetfile.slot_offset(level.key, i), 1, False))
+        except BaseException:
+            _close([r[0] for r in requests])
+            raise
+        index = self.block(requests, lambda: None, grace=False)
+        return requests[index][0], index
 
 
 def _info(session: Session, level: Level, state: str, waited: float) -> bytes:
@@ -514,10 +455,25 @@ def _info(session: Session, level: Level, state: str, waited: float) -> bytes:
     return (json.dumps(record, separators=(",", ":")) + "\n").encode()
 
 
-def _describe(fd: int, data: bytes) -> None:
-    """Only the holder writes its slot file, and only while holding it: no torn record for a later holder."""
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, data, 0)
+def _describe(dir_fd: int, name: str, data: bytes) -> None:
+    """Our record of a slot we hold, for ``status``; skipped (never refused) when the name is not ours.
+
+    Only the slot's holder writes it, while holding the slot: no torn record for a later
+    holder of the same user. A file under our name that is not our own single-linked regular
+    file was planted; writing through it could clobber someone else's file.
+    """
+    try:
+        fd = os.open(name, RECORD_FLAGS, RECORD_MODE, dir_fd=dir_fd)
+    except OSError:
+        return
+    try:
+        if statedir.own_file(os.fstat(fd)):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -556,26 +512,32 @@ def acquire(
     levels = (Level("client", client, budget.max_sessions_per_client), Level("host", "host", budget.max_sessions))
     umask = os.umask(statedir.SHARED_UMASK)
     dir_fd = statedir.open_dir(state_dir)
+    locks = -1
     held = Held()
+    indices: list[int] = []
     try:
-        acq = _Acquirer(dir_fd, levels, budget.wait, watch_fd, say, emit)
+        locks = budgetfile.open_locks(dir_fd, state_dir)
+        acq = _Acquirer(locks, levels, budget.wait, watch_fd, say, emit)
         with _room_for(max(budget.max_sessions, budget.max_sessions_per_client)):
             for level in levels:
                 if held.fds:  # status shows a client slot held while its connection waits for a host slot
-                    _describe(held.fds[0], _info(session, levels[0], "queued", time.monotonic() - acq.start))
+                    info = _info(session, levels[0], "queued", time.monotonic() - acq.start)
+                    _describe(dir_fd, levels[0].record(indices[0]), info)
                 fd, index = acq.take(level)
                 held.fds.append(fd)
+                indices.append(index)
                 held.slots.append(level.slot(index))
         held.waited = time.monotonic() - acq.start
         held.queues = acq.tickets
         if acq.queued and _client_gone(watch_fd):
             raise Refusal(Kind.CLIENT_GONE, "the client went away while queued for a session slot")
-        for fd, level in zip(held.fds, levels, strict=True):
-            _describe(fd, _info(session, level, "serving", held.waited))
+        for level, index in zip(levels, indices, strict=True):
+            _describe(dir_fd, level.record(index), _info(session, level, "serving", held.waited))
         return held
     except BaseException:
         _close(held.fds)
         raise
     finally:
+        _close([locks] if locks >= 0 else [])
         os.close(dir_fd)
         os.umask(umask)

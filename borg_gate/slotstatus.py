@@ -1,9 +1,13 @@
 """What ``status`` and ``metrics`` see of the session budget, read-only.
 
-Which slot and ticket files are locked, and by which pid, comes from /proc/locks rather
-than from probing with flock: a probe that briefly got a free slot would make a concurrent
-connection with ``wait = 0`` see it busy and be refused. Nothing here creates, locks or
-writes a file. Loaded only by admin commands and by a connection that has to wait.
+Which slot and ticket bytes of the lock file are locked comes from /proc/locks rather than
+from probing: a probe that briefly got a free slot would make a concurrent connection with
+``wait = 0`` see it busy and be refused. Who holds a slot comes from the holder's record
+file (slots: ``rec.<budget>.<index>.<uid>``), believed only when it is that uid's own
+single-linked regular file and its pid is alive and runs as that uid; as root, a slot with
+no such record is traced to its process through /proc/<pid>/fdinfo, so a lock taken by
+anything but a gate is named too. Nothing here creates, locks or writes a file. Loaded
+only by admin commands and by a connection that has to wait.
 """
 
 from __future__ import annotations
@@ -13,21 +17,19 @@ import json
 import os
 import re
 import stat
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from borg_gate import statedir
+from borg_gate import budgetfile, statedir
 
-if TYPE_CHECKING:
-    from borg_gate.slots import Level
-
-TICKET_RE: Final = re.compile(r"ticket\.(host|client\.([A-Za-z0-9][A-Za-z0-9._-]{0,63}))\.([0-9]{12})\.[0-9a-f]{8}")
-SLOT_RE: Final = re.compile(r"slot\.(host|client\.([A-Za-z0-9][A-Za-z0-9._-]{0,63}))\.([0-9]{1,5})")
+RECORD_RE: Final = re.compile(r"rec\.(host|client\.([A-Za-z0-9][A-Za-z0-9._-]{0,63}))\.([0-9]{1,5})\.([0-9]{1,10})")
+MAX_SLOTS: Final = 10000  # the config's largest limit: slots beyond it are nobody's
 
 
 @dataclass(frozen=True)
 class Holder:
-    slot_path: str
+    slot: str  # "slot.host.0", "slot.client.alice.1"
     pid: int | None
     client: str | None
     conn: str | None
@@ -42,7 +44,7 @@ class Holder:
 @dataclass(frozen=True)
 class BudgetUsage:
     kind: str  # "host" or "client"
-    name: str  # "host" or the client name
+    name: str  # "host", the client name, or "?<region>" for a region no record names
     limit: int
     holders: tuple[Holder, ...]
     waiters: int
@@ -52,21 +54,24 @@ class BudgetUsage:
 
 
 DevIno = tuple[int, int, int]
+Range = tuple[int, int, bool]  # first byte, last byte (inclusive), exclusive (write) lock
 
 
-def lock_table() -> dict[DevIno, int]:
-    """(major, minor, inode) -> pid of every granted flock on this host, from /proc/locks."""
+def lock_table() -> dict[DevIno, list[Range]]:
+    """(major, minor, inode) -> every granted byte-range lock on that file, from /proc/locks."""
     with open("/proc/locks", "rb") as fh:
         data = fh.read()
-    table: dict[DevIno, int] = {}
+    table: dict[DevIno, list[Range]] = {}
     for line in data.splitlines():
-        # "3: FLOCK  ADVISORY  WRITE 12903 fe:00:2149467 0 EOF"; blocked requests read "3: -> FLOCK …"
+        # "1: OFDLCK ADVISORY  WRITE -1 fe:00:2146354 33554432 33554432"; waiting requests read "1: -> OFDLCK …"
         parts = line.split()
-        if len(parts) < 6 or parts[1] != b"FLOCK":
+        if len(parts) < 8 or parts[1] not in (b"OFDLCK", b"POSIX"):
             continue
         with contextlib.suppress(ValueError):
             major, minor, ino = parts[5].split(b":")
-            table[(int(major, 16), int(minor, 16), int(ino))] = int(parts[4])
+            last = (1 << 63) - 1 if parts[7] == b"EOF" else int(parts[7])
+            key = (int(major, 16), int(minor, 16), int(ino))
+            table.setdefault(key, []).append((int(parts[6]), last, parts[3] == b"WRITE"))
     return table
 
 
@@ -74,38 +79,56 @@ def devino(st: os.stat_result) -> DevIno:
     return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
 
 
-def locked(dir_fd: int, name: str, table: dict[DevIno, int]) -> int | None:
-    """The pid holding ``name``'s flock, or None when it is free or gone."""
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError:
-        return None
-    return table.get(devino(st)) if stat.S_ISREG(st.st_mode) else None
+def _spans(ranges: Iterable[Range], start: int, length: int, exclusive_only: bool) -> list[tuple[int, int]]:
+    """The merged spans (first, last) of [start, start + length) that some lock covers."""
+    end = start + length - 1
+    spans: list[tuple[int, int]] = []
+    wanted = [(a, b) for a, b, w in ranges if a <= end and b >= start and (w or not exclusive_only)]
+    for a, b in sorted((max(a, start), min(b, end)) for a, b in wanted):
+        if spans and a <= spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], b))
+        else:
+            spans.append((a, b))
+    return spans
 
 
-def in_use(dir_fd: int, level: Level, table: dict[DevIno, int]) -> int:
-    return sum(locked(dir_fd, level.slot(i), table) is not None for i in range(level.limit))
+def count(ranges: Iterable[Range], start: int, length: int, *, exclusive_only: bool = False) -> int:
+    """How many bytes of [start, start + length) some lock covers (a member may lock huge ranges)."""
+    return sum(b - a + 1 for a, b in _spans(ranges, start, length, exclusive_only))
 
 
-def position(dir_fd: int, key: str, seq: int, table: dict[DevIno, int]) -> int:
+def covered(ranges: Iterable[Range], start: int, length: int) -> list[int]:
+    """The offsets of [start, start + length) that some lock covers; only for short ranges (slots)."""
+    return [offset for a, b in _spans(ranges, start, length, False) for offset in range(a, b + 1)]
+
+
+def in_use(ranges: Sequence[Range], key: str, limit: int) -> int:
+    return count(ranges, budgetfile.slot_offset(key, 0), limit)
+
+
+def position(ranges: Sequence[Range], key: str, seq: int) -> int:
     """1 + the live tickets ahead of ticket number ``seq`` in queue ``key``."""
-    ahead = 0
-    for name in os.listdir(dir_fd):
-        m = TICKET_RE.fullmatch(name)
-        if m and m[1] == key and int(m[3]) < seq and locked(dir_fd, name, table):
-            ahead += 1
-    return ahead + 1
+    return 1 + sum(count(ranges, a, n, exclusive_only=True) for a, n in budgetfile.ahead(key, seq))
 
 
-# --- snapshot -----------------------------------------------------------------------------------
+def waiters(ranges: Sequence[Range], key: str) -> int:
+    start = budgetfile.region(key) + budgetfile.TICKETS
+    return count(ranges, start, budgetfile.TICKET_SPACE, exclusive_only=True)
 
 
-def _read_info(dir_fd: int, name: str) -> dict[str, Any]:
+# --- records -----------------------------------------------------------------------------------
+
+
+def _read_record(dir_fd: int, name: str, uid: int) -> dict[str, Any]:
+    """A holder's record, if it is ``uid``'s own single-linked regular file; {} otherwise."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return {}
     try:
+        st = os.fstat(fd)
+        if not (stat.S_ISREG(st.st_mode) and st.st_uid == uid and st.st_nlink == 1):
+            return {}
         data = os.read(fd, 65536)
     except OSError:
         return {}
@@ -118,9 +141,43 @@ def _read_info(dir_fd: int, name: str) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def _holder(path: str, pid: int, record: dict[str, Any]) -> Holder:
-    if record.get("pid") != pid and pid > 0:
-        record = {}  # left by an earlier holder: the new one has not written yet
+def _uid_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[2])  # effective uid
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _believed(record: dict[str, Any], uid: int) -> bool:
+    pid = record.get("pid")
+    return isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and _uid_of(pid) == uid
+
+
+def _traced(ino: DevIno) -> dict[int, int]:
+    """Locked offset -> pid, for every lock on ``ino`` whose process we may inspect (all, as root)."""
+    owners: dict[int, int] = {}
+    want = f"{ino[0]:02x}:{ino[1]:02x}:{ino[2]}".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fdinfo in os.scandir(f"/proc/{entry.name}/fdinfo"):
+                with contextlib.suppress(OSError), open(fdinfo.path, "rb") as fh:
+                    for line in fh:
+                        parts = line.split()
+                        if parts[:1] == [b"lock:"] and len(parts) >= 9 and parts[6] == want:
+                            with contextlib.suppress(ValueError):
+                                first, last = int(parts[7]), min(int(parts[8]), int(parts[7]) + MAX_SLOTS)
+                                for offset in range(first, last + 1):
+                                    owners.setdefault(offset, int(entry.name))
+    return owners
+
+
+def _holder(slot: str, pid: int | None, record: dict[str, Any]) -> Holder:
     rest = record.get("restrictions")
 
     def text(key: str) -> str | None:
@@ -132,8 +189,8 @@ def _holder(path: str, pid: int, record: dict[str, Any]) -> Holder:
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
     return Holder(
-        slot_path=path,
-        pid=pid if pid > 0 else (record["pid"] if isinstance(record.get("pid"), int) else None),
+        slot=slot,
+        pid=pid,
         client=text("client"),
         conn=text("conn"),
         started=number("started"),
@@ -145,6 +202,9 @@ def _holder(path: str, pid: int, record: dict[str, Any]) -> Holder:
     )
 
 
+# --- snapshot -----------------------------------------------------------------------------------
+
+
 def snapshot(state_dir: str, host_limit: int, client_limit: int) -> list[BudgetUsage]:
     """Who holds which slot and how many wait, per budget: the host first, then each busy client.
 
@@ -153,44 +213,61 @@ def snapshot(state_dir: str, host_limit: int, client_limit: int) -> list[BudgetU
     --max-sessions), else ``client_limit``. Raises OSError when /proc/locks is unreadable,
     a misconfigured Refusal when the state dir is unsafe.
     """
+    empty = [BudgetUsage("host", "host", host_limit, (), 0)]
     try:
         dir_fd = statedir.open_dir(state_dir, create=False)
     except FileNotFoundError:
-        return [BudgetUsage("host", "host", host_limit, (), 0)]
+        return empty
     try:
-        table = lock_table()
-        holders: dict[str, list[Holder]] = {"host": []}
-        waiters: dict[str, int] = {"host": 0}
-        limits: dict[str, tuple[float, int]] = {}
-        for name in sorted(os.listdir(dir_fd), key=_natural):
-            slot, ticket = SLOT_RE.fullmatch(name), TICKET_RE.fullmatch(name)
-            match = slot or ticket
-            if not match:
+        try:
+            st = os.stat(budgetfile.NAME, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return empty
+        ino = devino(st)
+        ranges = lock_table().get(ino, []) if stat.S_ISREG(st.st_mode) else []
+        records: dict[tuple[str, int], list[tuple[int, str]]] = {}
+        for name in os.listdir(dir_fd):
+            m = RECORD_RE.fullmatch(name)
+            if m:
+                records.setdefault((m[1], int(m[3])), []).append((int(m[4]), name))
+        keys = {"host"} | {key for key, _ in records}
+        regions = {budgetfile.region_number(key): key for key in keys}
+        for a, b, _ in ranges:  # a locked region no record names: a client whose gate wrote none, or no gate
+            first = max(1, a // budgetfile.REGION)  # region 0 holds the ticket counters
+            for number in range(first, min(b // budgetfile.REGION, first + 64) + 1):
+                regions.setdefault(number, f"client.?{number}")
+        traced: dict[int, int] | None = None
+        usages: dict[str, BudgetUsage] = {}
+        for number, key in regions.items():
+            base = budgetfile.REGION * number
+            holders: list[Holder] = []
+            newest: tuple[float, int] | None = None
+            for offset in covered(ranges, base, MAX_SLOTS):
+                index = offset - base
+                slot = f"slot.{key}.{index}"
+                best: tuple[float, dict[str, Any]] | None = None
+                for uid, name in records.get((key, index), []):
+                    record = _read_record(dir_fd, name, uid)
+                    started = record.get("started")
+                    when = float(started) if isinstance(started, int | float) else 0.0
+                    if _believed(record, uid) and (best is None or when > best[0]):
+                        best = (when, record)
+                if best is not None:
+                    holders.append(_holder(slot, best[1]["pid"], best[1]))
+                    limit = best[1].get("limit")
+                    if isinstance(limit, int) and not isinstance(limit, bool):
+                        newest = max(newest or (0.0, 0), (best[0], limit))
+                    continue
+                if traced is None:
+                    traced = _traced(ino) if os.geteuid() == 0 else {}
+                holders.append(_holder(slot, traced.get(offset), {}))
+            queued = waiters(ranges, key)
+            if key != "host" and not holders and not queued:
                 continue
-            pid = locked(dir_fd, name, table)
-            if pid is None:
-                continue
-            key = match[1]
-            holders.setdefault(key, [])
-            waiters.setdefault(key, 0)
-            if ticket:
-                waiters[key] += 1
-                continue
-            record = _read_info(dir_fd, name)
-            holder = _holder(os.path.join(state_dir, name), pid, record)
-            holders[key].append(holder)
-            if holder.started is not None and isinstance(record.get("limit"), int):
-                limits[key] = max(limits.get(key, (0.0, 0)), (holder.started, record["limit"]))
+            name = "host" if key == "host" else key.removeprefix("client.")
+            limit = host_limit if key == "host" else (newest[1] if newest else client_limit)
+            usages[key] = BudgetUsage("host" if key == "host" else "client", name, limit, tuple(holders), queued)
     finally:
         os.close(dir_fd)
-    usages = [BudgetUsage("host", "host", host_limit, tuple(holders["host"]), waiters["host"])]
-    for key in sorted(k for k in holders if k != "host"):
-        name = key.removeprefix("client.")
-        limit = limits[key][1] if key in limits else client_limit
-        usages.append(BudgetUsage("client", name, limit, tuple(holders[key]), waiters[key]))
-    return usages
-
-
-def _natural(name: str) -> tuple[str, int]:
-    head, _, tail = name.rpartition(".")
-    return (head, int(tail)) if tail.isdigit() else (name, -1)
+    host = usages.pop("host", empty[0])
+    return [host] + [usages[k] for k in sorted(usages)]

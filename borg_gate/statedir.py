@@ -119,3 +119,8 @@ def open_file(dir_fd: int, name: str, *, create: bool = True, exclusive: bool = 
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file", name)
     return fd
+
+
+def own_file(st: os.stat_result) -> bool:
+    """This user's own regular file with one name: nobody else can have planted or linked it."""
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1

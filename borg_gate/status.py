@@ -134,7 +134,7 @@ def report(cfg: config.Config) -> Report:
         for h in u.holders:
             if h.state != "queued":  # a client slot held while queued for a host slot: a waiter, not a session
                 # one session holds a client slot and a host slot
-                seen.setdefault((h.pid, h.conn, h.slot_path if h.conn is None else ""), h)
+                seen.setdefault((h.pid, h.conn, h.slot if h.conn is None else ""), h)
     sessions = sorted((measure(h, now) for h in seen.values()), key=lambda s: (s.client or "", s.started or ""))
     totals = counters.load(cfg.state_dir)
     failures = {"file": 0.0, "syslog": 0.0, **counters.by_label(totals.values, counters.SINK_FAILURES, "sink")}

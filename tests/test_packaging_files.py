@@ -69,6 +69,7 @@ def test_tmpfiles_entry_makes_the_configs_default_paths_shared_by_the_group() ->
     assert entries[defaults.state_dir] == ("d", "3770", "root", GROUP)
     assert entries[str(Path(defaults.log_file).parent)] == ("d", "3770", "root", GROUP)
     assert entries[defaults.log_file] == ("f", "0660", "root", GROUP)
+    assert entries[f"{defaults.state_dir}/locks"] == ("f", "0660", "root", GROUP)  # the budget: root's alone
 
 
 def test_tmpfiles_entry_is_what_systemd_tmpfiles_applies(tmp_path: Path) -> None:
@@ -81,6 +82,7 @@ def test_tmpfiles_entry_is_what_systemd_tmpfiles_applies(tmp_path: Path) -> None
         ("run/borg-gate", 0o3770),
         ("var/log/borg-gate", 0o3770),
         ("var/log/borg-gate/gate.jsonl", 0o660),
+        ("run/borg-gate/locks", 0o660),
     ):
         st = (tmp_path / path).stat()
         assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, 0, gid), path

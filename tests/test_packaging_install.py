@@ -100,8 +100,9 @@ def test_package_installs_the_gate_under_usr_with_its_conffiles(deb: Path) -> No
     for path, mode in (("/run/borg-gate", 0o3770), ("/var/log/borg-gate", 0o3770)):
         st = os.stat(path)
         assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, 0, gid), path
-    st = os.stat("/var/log/borg-gate/gate.jsonl")
-    assert (st.st_mode & 0o777, st.st_gid) == (0o660, gid)
+    for path in ("/var/log/borg-gate/gate.jsonl", "/run/borg-gate/locks"):
+        st = os.stat(path)
+        assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o660, 0, gid), path
     # the venv is the package's own, from the system Python: nothing of the build machine in it
     assert os.readlink("/usr/lib/borg-gate/bin/python3") == SYSTEM_PYTHON
     assert INSTALLED.read_text().startswith("#!/usr/lib/borg-gate/bin/python3 -I\n")

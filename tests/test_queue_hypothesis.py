@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import stat
 import tempfile
 from pathlib import Path
 
@@ -18,26 +17,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from borg_gate import slotstatus
 from borg_gate.errors import Kind
-from tests.slots_support import Gate, Hold, Site, assert_all_free
+from tests.slots_support import Gate, Hold, Site, assert_all_free, ticket_holders
 
 HOST, PER_CLIENT = 2, 1
 
 
 def waiting_pids(site: Site) -> set[int]:
     """Pids holding a ticket: queued for a client or a host slot."""
-    table = slotstatus.lock_table()
-    pids = set()
-    for path in site.state_dir.glob("ticket.*") if site.state_dir.exists() else []:
-        try:
-            st_ = path.lstat()
-        except FileNotFoundError:
-            continue
-        pid = table.get(slotstatus.devino(st_)) if stat.S_ISREG(st_.st_mode) else None
-        if pid is not None:
-            pids.add(pid)
-    return pids
+    return ticket_holders(site)
 
 
 class Connections(RuleBasedStateMachine):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import stat
@@ -14,20 +13,12 @@ import pytest
 from borg_gate import slots, statedir
 from borg_gate.errors import Kind, Refusal
 from borg_gate.policy import Budget
-from tests.slots_support import Hold, Site, assert_all_free
+from tests.slots_support import Hold, Site, assert_all_free, hold_slot
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Site:
     return Site(tmp_path / "host", max_sessions=1, per_client=2)
-
-
-def hold_slot(site: Site, name: str) -> int:
-    """The test itself holds a slot file, as a running borg serve would."""
-    site.state_dir.mkdir(mode=0o700, exist_ok=True)
-    fd = os.open(site.state_dir / name, os.O_RDWR | os.O_CREAT, 0o660)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return fd
 
 
 # --- the state dir -------------------------------------------------------------------------
@@ -38,7 +29,10 @@ def test_missing_state_dir_is_created_private(site: Site) -> None:
     assert site.spawn("alice").wait(60) == 0
     st = site.state_dir.lstat()
     assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
-    assert {p.name for p in site.state_dir.glob("slot.*")} == {"slot.client.alice.0", "slot.host.0"}
+    locks = (site.state_dir / "locks").lstat()  # nobody else can plant anything here: the gate makes it
+    assert stat.S_ISREG(locks.st_mode) and stat.S_IMODE(locks.st_mode) == 0o600 and locks.st_uid == os.geteuid()
+    uid = os.geteuid()
+    assert {p.name for p in site.state_dir.glob("rec.*")} == {f"rec.client.alice.0.{uid}", f"rec.host.0.{uid}"}
 
 
 @pytest.mark.parametrize(
@@ -66,20 +60,37 @@ def test_world_writable_sticky_state_dir_is_accepted(site: Site) -> None:
     assert len(site.started()) == 1
 
 
-@pytest.mark.parametrize("plant", ["symlink", "fifo"])
-def test_a_planted_slot_file_is_refused(site: Site, plant: str) -> None:
+@pytest.mark.parametrize(("plant", "reason"), [("symlink", "a symlink"), ("fifo", "not a regular file")])
+def test_a_planted_lock_file_is_refused(site: Site, plant: str, reason: str) -> None:
     site.state_dir.mkdir(mode=0o700)
     victim = site.root / "victim"
     victim.write_text("do not touch\n")
     if plant == "symlink":
-        (site.state_dir / "slot.client.alice.0").symlink_to(victim)
+        (site.state_dir / "locks").symlink_to(victim)
     else:
-        os.mkfifo(site.state_dir / "slot.client.alice.0")
+        os.mkfifo(site.state_dir / "locks")
     gate = site.spawn("alice")
     assert gate.wait(60) == Kind.MISCONFIGURED
-    assert gate.stderr().startswith("borg-gate: state dir file slot.client.alice.0: ")
+    assert gate.stderr().startswith(f"borg-gate: state dir {site.state_dir}: lock file locks: {reason}")
     assert victim.read_text() == "do not touch\n"
     assert site.started() == {}
+
+
+def test_planted_slot_and_record_names_change_nothing(site: Site) -> None:
+    """Slots are bytes of the lock file: files under the old slot names, or a record name pointing
+    elsewhere, are never opened for a lock, and a record is never written through a link."""
+    site.state_dir.mkdir(mode=0o700)
+    victim = site.root / "victim"
+    victim.write_text("do not touch\n")
+    uid = os.geteuid()
+    (site.state_dir / "slot.host.0").symlink_to(victim)
+    os.mkfifo(site.state_dir / "slot.client.alice.0")
+    (site.state_dir / f"rec.host.0.{uid}").symlink_to(victim)
+    os.link(victim, site.state_dir / f"rec.client.alice.0.{uid}")
+    gate = site.spawn("alice", "--wait", "0")
+    assert gate.wait(60) == 0, gate.stderr()
+    assert victim.read_text() == "do not touch\n"
+    assert len(site.started()) == 1
 
 
 def test_versions_cache_lives_in_the_state_dir(site: Site) -> None:
@@ -115,7 +126,7 @@ def test_borg_serve_holds_its_slots_and_status_can_read_them(site: Site) -> None
         assert holder.user == "root"
         assert holder.state == "serving"
         assert holder.started is not None
-    assert alice.holders[0].slot_path == str(site.state_dir / "slot.client.alice.0")
+    assert (alice.holders[0].slot, host.holders[0].slot) == ("slot.client.alice.0", "slot.host.0")
 
     hold.release()
     assert gate.wait(60) == 0
@@ -266,7 +277,7 @@ def test_open_file_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
 def test_without_proc_locks_the_refusal_still_names_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from borg_gate import slotstatus
 
-    def unreadable() -> dict[tuple[int, int, int], int]:
+    def unreadable() -> dict[tuple[int, int, int], list[tuple[int, int, bool]]]:
         raise PermissionError(13, "Permission denied", "/proc/locks")
 
     state = str(tmp_path / "s")

@@ -46,7 +46,6 @@ def test_a_storm_of_120_connections_from_6_clients(tmp_path: Path) -> None:
     assert site.counter()["max"]["host"] == HOST_LIMIT  # the storm did fill the budget
     check_slots_held(site)
     assert_all_free(site)
-    assert list(site.state_dir.glob("ticket.*")) == []
 
 
 def test_a_storm_with_kills_hang_ups_and_impatient_clients(tmp_path: Path) -> None:

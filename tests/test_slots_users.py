@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from borg_gate.errors import Kind
-from tests.slots_support import Site, assert_all_free
+from tests.slots_support import Hold, Site, apply_tmpfiles, assert_all_free
 
 GROUP = "bgslot"
 USERS = ("bgslot-a", "bgslot-b")
@@ -55,15 +55,18 @@ def shared_root() -> Iterator[Path]:
 
 
 def shared_site(root: Path, mode: int, max_sessions: int = 2) -> tuple[Site, Site]:
-    """One host (config, state dir, recorder) as seen by each of the two users."""
-    site_a = Site(root, max_sessions=max_sessions, per_client=1, run_as=as_user(USERS[0]))
-    site_b = Site(root, max_sessions=max_sessions, per_client=1, run_as=as_user(USERS[1]))
+    """One host (config, state dir, recorder) as seen by each of the two users.
+
+    The state dir is what the packaged tmpfiles entry makes at boot (the root-owned lock file
+    in it included), then set to ``mode``.
+    """
+    state = apply_tmpfiles(root / "sys", GROUP)
+    state.chmod(mode)
+    site_a = Site(root, max_sessions=max_sessions, per_client=1, run_as=as_user(USERS[0]), state=state)
+    site_b = Site(root, max_sessions=max_sessions, per_client=1, run_as=as_user(USERS[1]), state=state)
     for path in (root / "bin" / "counter.json", root / "bin" / "events.log", site_a.log_file):
         path.touch()
         path.chmod(0o666)  # the recorders and gates write these as either user
-    site_a.state_dir.mkdir()
-    os.chown(site_a.state_dir, 0, grp.getgrnam(GROUP).gr_gid)
-    site_a.state_dir.chmod(mode)
     return site_a, site_b
 
 
@@ -80,25 +83,29 @@ def test_two_users_share_one_host_budget_through_a_setgid_group_dir(shared_root:
     assert counted["max"]["host"] == 2 and counted["max"]["alice"] == 1 and counted["max"]["bob"] == 1, counted
 
     gid = grp.getgrnam(GROUP).gr_gid
+    locks = (site_a.state_dir / "locks").lstat()  # both users' sessions locked root's one file
+    assert (locks.st_uid, locks.st_gid, stat.S_IMODE(locks.st_mode)) == (0, gid, 0o660)
     owners = set()
-    for path in site_a.state_dir.iterdir():
+    for path in site_a.state_dir.glob("rec.*"):
         st = path.lstat()
         owners.add(pwd.getpwuid(st.st_uid).pw_name)
-        assert st.st_gid == gid, path
-        if path.name.startswith(("slot.", "queue.")):
-            assert stat.S_IMODE(st.st_mode) == 0o660, path
-    assert {"slot.host.0", "slot.host.1"} <= {p.name for p in site_a.state_dir.iterdir()}
-    assert owners == set(USERS)  # each made its own client files; both locked the shared host slots
+        assert st.st_gid == gid and stat.S_IMODE(st.st_mode) == 0o640, path  # only its owner can write it
+    assert owners == set(USERS)  # each described its own sessions
     assert_all_free(site_a)
 
 
-def test_without_the_setgid_bit_the_other_user_is_locked_out_and_told(shared_root: Path) -> None:
-    """What the docs warn about: files get the creator's own group, so the next user cannot open them."""
-    site_a, site_b = shared_site(shared_root, 0o1770)  # sticky (else refused outright), no setgid
-    assert site_a.spawn("alice", env={"LC_SLOTS_SECONDS": "0"}).wait(60) == 0
+def test_without_the_setgid_bit_the_budget_is_still_one(shared_root: Path) -> None:
+    """The lock file is root's, made with the group: the budget never depends on who created what."""
+    site_a, site_b = shared_site(shared_root, 0o1770, max_sessions=1)  # sticky (else refused outright), no setgid
+    hold = Hold(shared_root / "hold")
+    first = site_a.spawn("alice", hold=hold)
+    site_a.wait_for(lambda: first.pid in site_a.started(), "alice's session")
     refused = site_b.spawn("bob", "--wait", "0")
-    assert refused.wait(60) == Kind.MISCONFIGURED
-    assert refused.stderr() == "borg-gate: state dir file slot.host.0: Permission denied\n"
+    assert refused.wait(60) == Kind.BUSY, refused.stderr()
+    hold.release()
+    assert first.wait(60) == 0
+    assert site_b.spawn("bob", "--wait", "0", env={"LC_SLOTS_SECONDS": "0"}).wait(60) == 0
+    assert site_a.counter()["max"]["host"] == 1
 
 
 def test_a_state_dir_owned_by_another_gate_user_is_refused(shared_root: Path) -> None:

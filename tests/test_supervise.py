@@ -15,6 +15,7 @@ import pytest
 from borg_gate import counters, slotstatus, supervise
 from tests.observability_support import events, hold_host, read_line, start_gate, stop, wait_for, wait_ready
 from tests.recorder import Host
+from tests.slots_support import held_locks
 
 
 def in_use(host: Host) -> dict[str, int]:
@@ -22,9 +23,9 @@ def in_use(host: Host) -> dict[str, int]:
     return {u.name: len(u.holders) for u in slotstatus.snapshot(str(host.state_dir), 8, 2) if u.holders}
 
 
-def slot_fds(pid: int, host: Host) -> list[str]:
-    targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-    return [t for t in targets if t.startswith(f"{host.state_dir}/slot.")]
+def slot_fds(pid: int, host: Host) -> list[int]:
+    """The descriptors of ``pid`` that hold a lock on the state dir's lock file (one per slot)."""
+    return sorted({fd for fd, _ in held_locks(pid, host.state_dir)})
 
 
 def child_of(gate: subprocess.Popen[bytes]) -> psutil.Process:

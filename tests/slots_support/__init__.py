@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import grp
 import json
 import os
 import shutil
@@ -22,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from borg_gate import slots
+from borg_gate import budgetfile, slots
 from tests.eventlog import read_events
 
 RECORDER = Path(__file__).with_name("recorder")
+TMPFILES = Path(__file__).parents[2] / "packaging" / "tmpfiles.d"
 PYTHON = sys.executable
 
 BASE_ENV: Mapping[str, str] = {
@@ -90,6 +92,7 @@ class Site:
     wait: float = 600
     gates: list[Gate] = field(default_factory=list)
     run_as: Sequence[str] = ()  # e.g. setpriv … --: run every gate as another user
+    state: Path | None = None  # the state dir, when not ``root/state`` (e.g. made by the tmpfiles entry)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -103,7 +106,7 @@ class Site:
 
     @property
     def state_dir(self) -> Path:
-        return self.root / "state"
+        return self.state or self.root / "state"
 
     @property
     def log_file(self) -> Path:
@@ -165,11 +168,13 @@ class Site:
         return json.loads(path.read_text()) if path.exists() else {"running": {}, "max": {}}
 
     def records(self) -> list[tuple[str, int, str, float, list[str]]]:
+        """(what, pid, client, time, slots held) per recorder line; slots by name, as the gate calls them."""
         path = self.root / "bin" / "events.log"
         out = []
         for line in path.read_text().splitlines() if path.exists() else []:
             what, pid, client, ts, *rest = line.split(" ")
-            out.append((what, int(pid), client, float(ts), rest[0].split(",") if rest and rest[0] else []))
+            offsets = [int(word[1:]) for word in rest[0].split(",")] if rest and rest[0] else []
+            out.append((what, int(pid), client, float(ts), [slot_name(o, client) for o in offsets]))
         return out
 
     def started(self) -> dict[int, list[str]]:
@@ -204,6 +209,65 @@ class Site:
             if time.monotonic() > deadline:
                 raise AssertionError(f"gave up after {timeout} s waiting for {what}")
             time.sleep(0.02)
+
+
+def slot_name(offset: int, client: str) -> str:
+    """The name of the slot at ``offset`` of the lock file: the host's, ``client``'s, or unknown."""
+    region, index = divmod(offset, budgetfile.REGION)
+    for key in ("host", f"client.{client}"):
+        if budgetfile.region_number(key) == region:
+            return f"slot.{key}.{index}"
+    return f"slot.?{region}.{index}"
+
+
+def hold_slot(site: Site, slot: str) -> int:
+    """The test itself holds ``slot`` (``slot.host.0``), as a running borg serve would: its byte, locked."""
+    site.state_dir.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(site.state_dir / budgetfile.NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    key, _, index = slot.removeprefix("slot.").rpartition(".")
+    assert budgetfile.lock(fd, budgetfile.slot_offset(key, int(index))), f"{slot} is taken"
+    return fd
+
+
+def apply_tmpfiles(root: Path, group: str) -> Path:
+    """The packaged tmpfiles entry, applied by systemd-tmpfiles under ``root`` with ``group`` as borg-gate.
+
+    What a boot does to /run/borg-gate and /var/log/borg-gate, here to ``root/run/borg-gate``;
+    returns that state dir.
+    """
+    gid = grp.getgrnam(group).gr_gid
+    # with --root, systemd-tmpfiles resolves names in the root's own /etc
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc/group").write_text(f"root:x:0:\nborg-gate:x:{gid}:\n")
+    subprocess.run(["systemd-tmpfiles", "--create", f"--root={root}", str(TMPFILES)], check=True)
+    return root / "run/borg-gate"
+
+
+def held_locks(pid: int, state_dir: Path) -> list[tuple[int, int]]:
+    """(fd, offset) of every byte of ``state_dir``'s lock file that ``pid``'s descriptors hold locked."""
+    out = []
+    lock_file = str(state_dir / budgetfile.NAME)
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{name}") != lock_file:
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{name}") as fh:
+                    for line in fh:
+                        parts = line.split()
+                        if parts[:1] == ["lock:"]:
+                            out.extend((int(name), o) for o in range(int(parts[7]), int(parts[8]) + 1))
+    return out
+
+
+def ticket_holders(site: Site) -> set[int]:
+    """Pids of the site's gates holding a ticket: queued for a client or a host slot."""
+    return {
+        g.pid
+        for g in site.gates
+        if any(o % budgetfile.REGION >= budgetfile.TICKETS for _, o in held_locks(g.pid, site.state_dir))
+    }
 
 
 def assert_all_free(site: Site) -> None:
