@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import fcntl
 import json
 import os
 import signal
@@ -41,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from borg_gate import slots  # noqa: E402
 from borg_gate.policy import Budget  # noqa: E402
-from tests.slots_support import Site  # noqa: E402
+from tests.slots_support import Site, hold_slot  # noqa: E402
 
 WRAPPER = ROOT / "bench" / "pgrep_wrapper"
 FAKESSH = ROOT / "bench" / "storm_fakessh"
@@ -62,13 +61,7 @@ def ms(seconds: float) -> str:
 
 
 def hold_slots(site: Site, names: list[str]) -> list[int]:
-    site.state_dir.mkdir(mode=0o700, exist_ok=True)
-    fds = []
-    for name in names:
-        fd = os.open(site.state_dir / name, os.O_RDWR | os.O_CREAT, 0o660)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fds.append(fd)
-    return fds
+    return [hold_slot(site, name) for name in names]
 
 
 def queue_up(site: Site, n: int, clients: int, env: Mapping[str, str]) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Final
 
-from borg_gate import authkeys, cli, config, keyopts, policy, statedir, versions
+from borg_gate import authkeys, budgetfile, cli, config, keyopts, policy, statedir, versions
 from borg_gate.config import BinarySpec, Config
 from borg_gate.errors import Refusal, shown
 from borg_gate.keyopts import KeyOptions
@@ -298,6 +298,46 @@ def check_state_dir(report: Report, cfg: Config, users: Sequence[User]) -> None:
                 "state-dir",
                 f"state dir {cfg.state_dir} ({owner_name(st.st_uid)}:{statedir.group_name(st.st_gid)} "
                 f"{stat.S_IMODE(st.st_mode):o}): user {user.name} cannot create files in it",
+                where,
+            )
+    check_lock_file(report, cfg, st, users)
+
+
+def check_lock_file(report: Report, cfg: Config, dir_st: os.stat_result, users: Sequence[User]) -> None:
+    """The root-owned file whose bytes are the budget (budgetfile): present, root's, lockable by every user."""
+    where = cfg.source
+    path = os.path.join(cfg.state_dir, budgetfile.NAME)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if dir_st.st_mode & 0o022:  # shared: no gate may create it
+            report.add(
+                ERROR,
+                "lock-file",
+                f"no lock file {path}: the gate refuses; {budgetfile.howto(cfg.state_dir, dir_st)}",
+                where,
+            )
+        return
+    except OSError as exc:
+        report.add(ERROR, "lock-file", f"lock file {path}: {exc.strerror}", where)
+        return
+    problem = budgetfile.unsafe(st, dir_st)
+    if problem is not None:
+        report.add(ERROR, "lock-file", f"lock file {path}: {problem}: the gate refuses it", where)
+        return
+    if st.st_nlink > 1:
+        report.add(
+            WARNING,
+            "lock-file",
+            f"lock file {path} has {st.st_nlink} names: harmless to the budget, but who made them?",
+            where,
+        )
+    for user in users:
+        if not allows(st, user, 6):
+            report.add(
+                ERROR,
+                "lock-file",
+                f"lock file {path}: user {user.name} cannot open it read-write to take a slot",
                 where,
             )
 

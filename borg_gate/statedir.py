@@ -1,4 +1,4 @@
-"""The state dir: where slot, queue and cache files live, opened once and checked before use.
+"""The state dir: where the lock file, slot records and caches live, opened once and checked before use.
 
 Every file in it is reached through the directory descriptor returned here (``dir_fd``)
 and opened with O_NOFOLLOW, so nobody can swap the directory or plant a symlink between
@@ -11,18 +11,17 @@ Sharing one host budget between several unix users (one per client) works throug
 
     groupadd borg-gate                      # the gate users, and nobody else
     usermod -aG borg-gate alice             # for each client's unix user
-    install -d -o root -g borg-gate -m 3770 /run/borg-gate
-    # on systemd hosts, to survive reboots (/run is a tmpfs), in /etc/tmpfiles.d/borg-gate.conf:
-    #   d /run/borg-gate 3770 root borg-gate -
+    # in /etc/tmpfiles.d/borg-gate.conf (the package ships it), applied at every boot:
+    #   d /run/borg-gate       3770 root borg-gate -
+    #   f /run/borg-gate/locks 0660 root borg-gate -
 
-The setgid bit makes every file created inside belong to the group whatever the creating
-user's primary group is; the gate creates its files with umask 007 (mode 0660), so each gate
-user can lock and update the files of the others. The sticky bit is required: without it any
-member could unlink a slot file held by a running session, and the next gate would create a
-fresh file under that name, lock it and serve over the limit. With it, only a file's owner
-(or root) can unlink or replace it. Only gate users may be in the group: a member who could
-run arbitrary code could hold slots forever (a denial of service, never a way around
-confinement, which borg serve enforces).
+The budget itself is the root-owned ``locks`` file (budgetfile: why). The setgid bit makes
+every file a member creates belong to the group whatever her primary group is, so status can
+read it; the gate creates its own files (records, counters, the version cache) readable by
+the group and writable by their owner alone. The sticky bit is required: with it, only a
+file's owner (or root) can unlink or replace it, so no member can remove the lock file or
+another user's files. Each member is a possible attacker of the others: every file read here
+is opened without following links or blocking, and checked before it is used.
 """
 
 from __future__ import annotations

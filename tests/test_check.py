@@ -369,10 +369,24 @@ def test_state_dir_and_log_file_usable_by_the_gates_users(shared_dir: Path) -> N
     (shared_dir / "state").chmod(0o2770)
     report = Report()
     check.check_state_dir(report, cfg, [shared])
-    assert [(f.severity, f.code) for f in report.findings] == [(ERROR, "state-dir")]
+    assert [(f.severity, f.code) for f in report.findings] == [(ERROR, "state-dir"), (ERROR, "lock-file")]
     assert "group-writable without the sticky bit" in report.findings[0].message
     assert "-m 3770" in report.findings[0].message
+    assert report.findings[1].message.startswith(f"no lock file {shared_dir}/state/locks: the gate refuses;")
     (shared_dir / "state").chmod(0o3770)
+    locks = shared_dir / "state" / "locks"
+    locks.touch(mode=0o640)  # the user could not take a lock: write access is the kernel's rule for one
+    report = Report()
+    check.check_state_dir(report, cfg, [shared])
+    assert [(f.severity, f.code) for f in report.findings] == [(ERROR, "lock-file")]
+    assert f"user {user.name} cannot open it read-write" in report.findings[0].message
+    os.chown(locks, user.uid, -1)  # a member's file: she could remove it and double the budget
+    report = Report()
+    check.check_state_dir(report, cfg, [shared])
+    assert [(f.severity, f.code) for f in report.findings] == [(ERROR, "lock-file")]
+    assert f"owned by uid {user.uid}, not by root" in report.findings[0].message
+    os.chown(locks, 0, -1)
+    locks.chmod(0o660)
     log.chmod(0o660)
     report = Report()
     check.check_state_dir(report, cfg, [shared])

@@ -31,10 +31,13 @@ def waiting_pids(site: Site) -> set[int]:
 class Connections(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.root = Path(tempfile.mkdtemp(prefix="slots-hyp-"))
-        self.site = Site(self.root / "host", max_sessions=HOST, per_client=PER_CLIENT)
+        self.root = Path(tempfile.mkdtemp(prefix="slots-hyp-", dir="/tmp"))
+        self.site = self.make_site()
         self.holds: dict[int, Hold] = {}
         self.fate: dict[int, str] = {}  # pid -> "live", "released", "killed", "hung-up"
+
+    def make_site(self) -> Site:
+        return Site(self.root / "host", max_sessions=HOST, per_client=PER_CLIENT)
 
     def pick(self, index: int) -> Gate | None:
         """The index-th connection still in play (draws never depend on process timing: replays stay valid)."""

@@ -270,9 +270,10 @@ class Site:
             d.mkdir()
             os.chown(d, 0, gid)
             d.chmod(mode)  # sticky where members share files (packaging/tmpfiles.d), setgid everywhere
-        self.log_file.touch()
-        os.chown(self.log_file, 0, gid)
-        self.log_file.chmod(0o660)
+        for f in (self.log_file, self.state_dir / "locks"):  # root's files, as the tmpfiles entry makes them
+            f.touch()
+            os.chown(f, 0, gid)
+            f.chmod(0o660)
         (self.root / "clientkeys").mkdir(mode=0o700)
         (self.root / "borg-base").mkdir(mode=0o700)
         self.write_config()
