@@ -281,6 +281,17 @@ def directory(path: str) -> os.stat_result | str:
     return st if stat.S_ISDIR(st.st_mode) else f"{path} is not a directory"
 
 
+def check_limits(report: Report, cfg: Config) -> None:
+    if cfg.reserved_sessions >= cfg.max_sessions:
+        report.add(
+            ERROR,
+            "limits",
+            f"reserved_sessions = {cfg.reserved_sessions} leaves no session of max_sessions = {cfg.max_sessions}"
+            " to keys without --priority: the gate refuses them",
+            cfg.source,
+        )
+
+
 def check_state_dir(report: Report, cfg: Config, users: Sequence[User]) -> None:
     where = cfg.source
     st = directory(cfg.state_dir)
@@ -807,6 +818,7 @@ def run_check(
     compare_clients(report, gate_keys)
     runners = list(users.values()) or [User.from_pwd(pwd.getpwuid(os.geteuid()))]
     for loaded in [c for c in site.configs.values() if c is not None]:
+        check_limits(report, loaded)
         check_state_dir(report, loaded, runners)
         check_log_file(report, loaded, runners)
     if sshd:

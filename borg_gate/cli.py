@@ -14,6 +14,8 @@ ADMIN: Final = {
     "metrics": "borg_gate.metrics",
     "check": "borg_gate.check",
     "authorize": "borg_gate.authorize",
+    "hold": "borg_gate.holds",
+    "release": "borg_gate.holds",
 }
 
 
@@ -21,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in ADMIN:
         module = importlib.import_module(ADMIN[args[0]])
-        result: int = module.main(args[1:])
+        result: int = module.main(args[1:], release=True) if args[0] == "release" else module.main(args[1:])
         return result
     from borg_gate import gate
 

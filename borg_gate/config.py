@@ -54,6 +54,8 @@ class Config:
     max_sessions: int = 8
     max_sessions_per_client: int = 2
     wait: float = 600.0
+    reserved_sessions: int = 0
+    max_sessions_per_repo: int = 1
     repos_root: str = "/srv/borg/{client}"  # "" means keys must name their own confinement
     borg_default: str = "borg"
     binaries: Mapping[str, BinarySpec] = field(default_factory=lambda: dict(DEFAULT_BINARIES))
@@ -170,6 +172,8 @@ SCHEMA: Final[dict[str, dict[str, tuple[str, Checker]]]] = {
         "max_sessions": ("max_sessions", lambda k, v: _int(k, v, 1, 10000)),
         "max_sessions_per_client": ("max_sessions_per_client", lambda k, v: _int(k, v, 1, 10000)),
         "wait": ("wait", _seconds),
+        "reserved_sessions": ("reserved_sessions", lambda k, v: _int(k, v, 0, 10000)),
+        "max_sessions_per_repo": ("max_sessions_per_repo", lambda k, v: _int(k, v, 1, 10000)),
     },
     "repos": {
         "root": ("repos_root", lambda k, v: _abs_path(k, v, empty_ok=True)),

@@ -72,9 +72,14 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
         log.bind(binary=spec.path, borg_version=str(borg.version), restrictions=list(restrictions))
         confine.check_backend(request.backend_path, plan.confinement)
 
-        # 4. A session slot: per-client first, then host-wide; may queue until the deadline.
+        # 4. A session slot: the repository's (when known), the client's, then the host's; may
+        # queue until the deadline, and waits while root holds the host or the client.
+        repo = policy.queued_repository(request, plan.confinement)
+        repo = os.path.realpath(repo) if repo is not None else None  # one queue however it is spelt
         session = slots.Session(client, conn.id, spec.path, restrictions, conn.unix_user)
-        held = slots.acquire(cfg.state_dir, client, plan.budget, session, say=say, emit=log.emit)
+        held = slots.acquire(
+            cfg.state_dir, client, plan.budget, session, say=say, emit=log.emit, repo=repo, rest=request.rest
+        )
         log.emit(
             "session.started", waited=round(held.waited, 3), slots=held.slots, queues=held.queues, argv=list(plan.argv)
         )

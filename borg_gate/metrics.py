@@ -15,15 +15,18 @@ import os
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from borg_gate import counters, slotstatus
 from borg_gate.errors import Kind
-from borg_gate.status import admin_parser, budgets, guarded, load_config
+from borg_gate.status import admin_parser, budgets, current_holds, guarded, load_config
 
 GAUGES = {
     "borg_gate_sessions_in_use": "Sessions holding a slot of this budget now.",
     "borg_gate_sessions_limit": "Slots in this budget (the configured limit).",
     "borg_gate_waiters": "Connections waiting for a slot of this budget now.",
+    "borg_gate_sessions_reserved": "Slots of this budget only --priority keys may take.",
+    "borg_gate_sessions_reserved_in_use": "Reserved slots of this budget in use now.",
 }
 
 
@@ -31,15 +34,35 @@ def _value(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
-def exposition(usage: Sequence[slotstatus.BudgetUsage], values: Mapping[str, float]) -> str:
+def exposition(
+    usage: Sequence[slotstatus.BudgetUsage], values: Mapping[str, float], holds: Sequence[Mapping[str, Any]] = ()
+) -> str:
     lines: list[str] = []
     table = budgets(usage)
     for name, help_text in GAUGES.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
         for b in table:
-            value = {"borg_gate_sessions_in_use": b.in_use, "borg_gate_sessions_limit": b.limit}.get(name, b.waiters)
-            labels = {"budget": "host"} if b.kind == "host" else {"budget": "client", "client": b.name}
+            if name.startswith("borg_gate_sessions_reserved") and b.kind != "host":
+                continue
+            value = {
+                "borg_gate_sessions_in_use": b.in_use,
+                "borg_gate_sessions_limit": b.limit,
+                "borg_gate_sessions_reserved": b.reserved,
+                "borg_gate_sessions_reserved_in_use": b.reserved_in_use,
+            }.get(name, b.waiters)
+            labels = {"budget": "host"} if b.kind == "host" else {"budget": b.kind, b.kind: b.name}
             lines.append(f"{counters.series(name, **labels)} {value}")
+    lines += ["# HELP borg_gate_hold A maintenance hold of root's: 1 while it lasts.", "# TYPE borg_gate_hold gauge"]
+    lines += [f"{counters.series('borg_gate_hold', scope=str(h['scope']))} 1" for h in holds]
+    lines += [
+        "# HELP borg_gate_hold_since_timestamp_seconds When the hold was placed.",
+        "# TYPE borg_gate_hold_since_timestamp_seconds gauge",
+    ]
+    lines += [
+        f"{counters.series('borg_gate_hold_since_timestamp_seconds', scope=str(h['scope']))} {_value(h['since'])}"
+        for h in holds
+        if h.get("since") is not None
+    ]
     # Fixed label sets start at 0, so a dashboard has a series before the first event.
     totals: dict[str, float] = {counters.series(counters.REFUSALS, reason=k.label): 0.0 for k in Kind}
     totals.update({counters.series(counters.SINK_FAILURES, sink=s): 0.0 for s in ("file", "syslog")})
@@ -73,8 +96,8 @@ def main(argv: list[str]) -> int:
 
     def work() -> None:
         cfg = load_config(args.config)
-        usage = slotstatus.snapshot(cfg.state_dir, cfg.max_sessions, cfg.max_sessions_per_client)
-        text = exposition(usage, counters.load(cfg.state_dir).values)
+        usage = slotstatus.snapshot(cfg.state_dir, cfg.max_sessions, cfg.max_sessions_per_client, cfg.reserved_sessions)
+        text = exposition(usage, counters.load(cfg.state_dir).values, current_holds(cfg.state_dir))
         if args.output:
             write_atomically(args.output, text)
         else:
