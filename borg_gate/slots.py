@@ -79,6 +79,7 @@ def __getattr__(name: str) -> Any:
 ANNOUNCE_AFTER: Final = 0.2  # behind a live ticket, say "waiting" only if it does not move on by then
 MAX_THREADS: Final = 128  # slots beyond this many are re-tried every RECHECK seconds instead
 RECHECK: Final = 1.0
+MAX_DRAWS: Final = 64  # queue numbers tried when their ticket bytes are taken (only ever by a non-gate)
 GONE: Final = select.POLLERR | select.POLLHUP
 RECORD_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 RECORD_MODE: Final = 0o640  # readable by status (root, the group), writable by its owner alone
@@ -420,12 +421,13 @@ class _Acquirer:
         try:
             guard = self.locked(budgetfile.counter_offset(level.queue), budgetfile.COUNTER_WIDTH, lambda: None)
             try:
-                while True:
+                for _ in range(MAX_DRAWS):
                     seq = budgetfile.bump(guard, level.queue)
                     if budgetfile.lock(fd, budgetfile.ticket_offset(level.queue, seq)):
                         return Ticket(level, fd, seq)
             finally:
                 os.close(guard)
+            raise _Expired  # ticket bytes locked by something that is not a gate: busy, as if full
         except BaseException:
             os.close(fd)
             raise
