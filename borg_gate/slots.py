@@ -312,7 +312,7 @@ class _Acquirer:
         except OSError:
             return [None] * len(levels), None
         used: list[int | None] = [slotstatus.in_use(ranges, level.key, level.limit) for level in levels]
-        place = slotstatus.position(ranges, ticket.level.key, ticket.seq) if ticket else None
+        place = slotstatus.position(ranges, ticket.level.queue, ticket.seq) if ticket else None
         return used, place
 
     def announce(self, level: Level, ticket: Ticket, *, full: bool = False) -> None:
@@ -495,13 +495,12 @@ class _Acquirer:
             reason = self.hold_on(level)
         self.on_hold = None
 
-    def behind_priority(self, level: Level) -> bool:
-        """A normal connection at the host's head: wait while priority connections queue; True if any did."""
+    def behind_priority(self, level: Level, ticket: Ticket) -> None:
+        """A normal connection at the host's head: wait while priority connections queue."""
         if level.kind != "host" or level.priority:
-            return False
+            return
         start = budgetfile.region(f"prio.{level.key}") + budgetfile.TICKETS
-        os.close(self.locked(start, budgetfile.TICKET_SPACE, lambda: None, shared=True))
-        return True
+        os.close(self.locked(start, budgetfile.TICKET_SPACE, lambda: self.announce(level, ticket), shared=True))
 
     def priority_waiting(self, level: Level) -> bool:
         if level.kind != "host" or level.priority:
@@ -517,7 +516,7 @@ class _Acquirer:
         """At the head of the queue: the first slot that frees, unless a hold or a priority waiter comes first."""
         while True:
             self.hold_wait(level)
-            self.behind_priority(level)
+            self.behind_priority(level, ticket)
             got = self.scan(level)
             if got is None:
                 self.announce(level, ticket, full=True)
