@@ -481,12 +481,13 @@ def inspect(
     if cached is None:
         problems: list[str] = []
         size, files = tree_size(fd, {(st.st_dev, st.st_ino)}, problems)
+        size += st.st_blocks * 512
         repo.problems += problems[:5] + ([f"… and {len(problems) - 5} more"] if len(problems) > 5 else [])
         if store and not problems:
             cache.put(path, stamp, now, size, files)
     else:
         size, files = cached
-    repo.size_bytes = size + st.st_blocks * 512
+    repo.size_bytes = size
     repo.files = files
     return repo
 
