@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests import repo_layouts
 from tests.e2e import harness
 from tests.e2e.harness import Site
+from tests.e2e.test_observability_e2e import admin  # the installed gate's admin command, as root or a user
 from tests.observability_support import wait_for
 
 BUILD = harness.REPO_ROOT / "tests" / "borgs" / "build"
@@ -40,18 +41,6 @@ def borg22() -> str:
     out = subprocess.run([harness.SYSTEM_PYTHON, str(BUILD), "2.0.0b22"], capture_output=True, text=True, check=True)
     (path,) = (line.split()[1] for line in out.stdout.splitlines() if line.startswith("2.0.0b22 "))
     return path
-
-
-def admin(site: Site, *args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
-    as_user = ["setpriv", f"--reuid={user}", f"--regid={harness.uid_gid(user)[1]}", "--init-groups"] if user else []
-    return subprocess.run(
-        [*as_user, str(site.gate), *args[:1], "--config", str(site.config_path), *args[1:]],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-    )
 
 
 def repos_json(site: Site, user: str | None = None) -> dict[str, Any]:
