@@ -23,7 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests import repo_layouts
 from tests.e2e import harness
 from tests.e2e.harness import Site
-from tests.e2e.test_observability_e2e import admin  # the installed gate's admin command, as root or a user
+
+# the installed gate's admin command (as root or a user) and a real client session that stays open
+from tests.e2e.test_observability_e2e import admin, alice_repo, holding_client, serve_processes
 from tests.observability_support import wait_for
 
 BUILD = harness.REPO_ROOT / "tests" / "borgs" / "build"
@@ -216,3 +218,19 @@ def test_real_backups_show_in_repos_metrics_and_node_exporter(
         "alice": "Permission denied",
         "bob": "Permission denied",
     }
+
+
+def test_a_session_holding_a_repository_is_shown_with_its_pid(site: Site, tmp_path: Path) -> None:
+    alice, _repos, repo = alice_repo(site, "--client alice")
+    go, client, results = holding_client(site, alice, repo, tmp_path)
+    try:
+        (main,) = repos_json(site)["repos"]
+        (serve,) = serve_processes(site)
+        assert main["sessions"] == [serve.pid] and main["locked"]  # exec mode: the gate became borg serve
+        assert f"  {serve.pid}" in admin(site, "repos").stdout
+    finally:
+        go.touch()
+        client.join(timeout=300)
+    results[0].check()
+    (main,) = repos_json(site)["repos"]
+    assert main["sessions"] == [] and not main["locked"]
