@@ -716,15 +716,20 @@ GAUGES: Final = {
 }
 
 
+def _utf8(path: str) -> str:
+    """A path as UTF-8 text: a name that is not UTF-8 (kept by Python as surrogates) shows its bytes as \\xNN."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def metric_lines(r: Report) -> Iterator[str]:
     """The freshness gauges ``borg-gate metrics`` adds: one series per repository and per client."""
     problems = len(r.problems) + sum(len(x.problems) for x in r.repos)
     samples: dict[str, list[Sample]] = {
         "borg_gate_repo_last_change_timestamp_seconds": [
-            ({"client": x.client, "repo": x.path, "format": x.format}, x.last_change) for x in r.repos
+            ({"client": x.client, "repo": _utf8(x.path), "format": x.format}, x.last_change) for x in r.repos
         ],
-        "borg_gate_repo_size_bytes": [({"client": x.client, "repo": x.path}, x.size_bytes) for x in r.repos],
-        "borg_gate_repo_archives": [({"client": x.client, "repo": x.path}, x.archives) for x in r.repos],
+        "borg_gate_repo_size_bytes": [({"client": x.client, "repo": _utf8(x.path)}, x.size_bytes) for x in r.repos],
+        "borg_gate_repo_archives": [({"client": x.client, "repo": _utf8(x.path)}, x.archives) for x in r.repos],
         "borg_gate_client_last_session_start_timestamp_seconds": [
             ({"client": c.client}, c.last_start) for c in r.clients
         ],

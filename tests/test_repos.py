@@ -315,3 +315,17 @@ def test_metrics_exposition_parses_one_series_per_repository(tmp_path: Path) -> 
     assert samples[("borg_gate_repo_archives", (("client", "alice"), ("repo", two)))] == 3
     assert sum(1 for k in samples if k[0] == "borg_gate_repo_size_bytes") == 2
     assert ("borg_gate_repo_archives", (("client", "alice"), ("repo", one))) not in samples  # borg 2 only
+
+
+def test_a_name_that_is_not_utf8_is_escaped_everywhere(tmp_path: Path) -> None:
+    cfg = site(tmp_path)
+    raw = os.path.join(os.fsencode(tmp_path / "repos" / "alice"), b"caf\xe9")
+    repo_layouts.borg1(Path(os.fsdecode(raw)))
+    r = repos.report(cfg)
+    assert len(r.repos) == 1
+    metrics_text = "\n".join(repos.metric_lines(r)) + "\n"
+    metrics_text.encode("utf-8")  # what --output writes: no surrogate left to fail on
+    assert 'caf\\\\xe9"' in metrics_text  # the label value caf\xe9, its backslash escaped for Prometheus
+    list(text_string_to_metric_families(metrics_text))
+    repos.text(r).encode("utf-8")
+    json.loads(repos.as_json(r))
