@@ -124,9 +124,8 @@ class Report:
 def seen_clients(totals: counters.Totals, holders: Sequence[slots.Holder]) -> set[str]:
     """Every client the state dir knows: a label in the counters, a latest session, a slot holder."""
     clients = set(totals.last)
-    for key in totals.values:
-        for m in re.finditer(r'[{,]client="((?:[^"\\]|\\.)*)"', key):
-            clients.add(re.sub(r"\\(.)", lambda e: "\n" if e[1] == "n" else e[1], m[1]))
+    for name in {counters.family(key) for key in totals.values}:
+        clients.update(counters.by_label(totals.values, name, "client"))
     clients.update(h.client for h in holders if h.client)
     return {c for c in clients if keyopts.CLIENT_RE.fullmatch(c)}
 
