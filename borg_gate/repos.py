@@ -263,11 +263,14 @@ def classify(dir_fd: int, items: Mapping[str, os.stat_result]) -> str | None:
         except OSError:
             return "unreadable config"
         try:
-            version = _read_small(fd, "version", 16)
+            inside = _list(fd)
+            version = _read_small(fd, "version", 16) if "version" in inside else b""
+        except OSError:
+            return "unreadable config"
         finally:
             os.close(fd)
         if version is None:
-            return "unreadable config" if "readme" not in items else None
+            return "unreadable config"
         return "borg2" if version.strip().isdigit() else None
     if not stat.S_ISREG(cfg.st_mode):
         return None

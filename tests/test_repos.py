@@ -329,3 +329,19 @@ def test_a_name_that_is_not_utf8_is_escaped_everywhere(tmp_path: Path) -> None:
     list(text_string_to_metric_families(metrics_text))
     repos.text(r).encode("utf-8")
     json.loads(repos.as_json(r))
+
+
+def test_a_store_without_a_proper_config_version_is_no_repository(tmp_path: Path) -> None:
+    cfg = site(tmp_path)
+    root = tmp_path / "repos" / "alice"
+    repo_layouts.store(root / "noversion")
+    (root / "noversion" / "config" / "version").unlink()
+    repo_layouts.store(root / "garbled")
+    (root / "garbled" / "config" / "version").write_bytes(b"\x00junk")
+    repo_layouts.store(root / "fine")
+    r = repos.report(cfg)
+    assert [os.path.basename(x.path) for x in r.repos] == ["fine"]
+    assert problems(r) == {
+        "noversion": "not a repository: no borg config (broken or planted?)",
+        "garbled": "not a repository: no borg config (broken or planted?)",
+    }
