@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -218,11 +218,17 @@ def test_unreadable_dirs_are_reported_for_a_non_root_admin(open_tmp: Path) -> No
     conf = tmp_path / "config.toml"
     conf.write_text(f'[gate]\nstate_dir = "{tmp_path}/nostate"\nlog_file = ""\n[repos]\nroot = ""\n')
     conf.chmod(0o644)
+    # nobody must be able to run it: the package and psutil copied to a world-readable dir
+    # (the checkout may live under root's 0700 home), run by the system's interpreter
+    lib = tmp_path / "lib"
+    for pkg in (Path(repos.__file__).parent, Path(psutil.__file__).parent):
+        shutil.copytree(pkg, lib / pkg.name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["chmod", "-R", "a+rX", str(lib)], check=True)
     out = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-m", "borg_gate",
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-m", "borg_gate",
          "repos", "--json", "--config", str(conf), "--authorized-keys", str(keys)],
-        capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[1],
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True, text=True, check=False, cwd="/",
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(lib), "PYTHONDONTWRITEBYTECODE": "1"},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     data: dict[str, Any] = json.loads(out.stdout)
