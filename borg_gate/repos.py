@@ -55,6 +55,7 @@ from borg_gate.status import admin_parser, guarded, load_config
 DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 MAX_DEPTH: Final = 4  # /srv/borg/<client>/host/name: repositories this deep below a root are found
+MAX_TREE_DEPTH: Final = 16  # inside a repository
 MAX_DIRS: Final = 10_000  # directories searched per root (repositories' insides not counted)
 CONFIG_BYTES: Final = 4096
 TRANSACTION_RE: Final = re.compile(r"(index|hints|integrity)\.([0-9]{1,20})")
@@ -287,29 +288,45 @@ def classify(dir_fd: int, items: Mapping[str, os.stat_result]) -> str | None:
 # --------------------------------------------------------------------------- size
 
 
-def tree_size(fd: int, seen: set[tuple[int, int]], problems: list[str], prefix: str = "") -> tuple[int, int]:
-    """Allocated bytes and file count below an open directory; symlinks counted, never followed."""
+def tree_size(
+    fd: int, seen: set[tuple[int, int]], problems: list[str], prefix: str = "", depth: int = 0
+) -> tuple[int, int]:
+    """Allocated bytes and file count below an open directory; symlinks counted, never followed.
+
+    Streams each listing (a planted directory of millions of entries costs time, not memory)
+    and stops at MAX_TREE_DEPTH (borg's own trees are 3 deep; a planted one could be deeper
+    than the interpreter's recursion limit).
+    """
+    if depth >= MAX_TREE_DEPTH:
+        problems.append(f"{prefix}: deeper than {MAX_TREE_DEPTH} levels, not counted")
+        return 0, 0
     total = files = 0
+    subdirs: list[str] = []
     try:
-        items = _list(fd)
+        with os.scandir(fd) as it:
+            for entry in it:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # gone since the listing
+                total += st.st_blocks * 512
+                if not stat.S_ISDIR(st.st_mode):
+                    files += 1
+                elif (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    subdirs.append(entry.name)
     except OSError as exc:
         problems.append(f"{prefix or '.'}: {_why(exc)}")
-        return 0, 0
-    for name, st in items.items():
-        total += st.st_blocks * 512
-        if not stat.S_ISDIR(st.st_mode):
-            files += 1
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
+        return total, files
+    for name in subdirs:
+        where = f"{prefix}{shown(name, 60)}/"
         try:
             sub = _open_dir(name, fd)
         except OSError as exc:
-            problems.append(f"{prefix}{shown(name, 60)}: {_why(exc)}")
+            problems.append(f"{where[:-1]}: {_why(exc)}")
             continue
         try:
-            t, f = tree_size(sub, seen, problems, f"{prefix}{shown(name, 60)}/")
+            t, f = tree_size(sub, seen, problems, where, depth + 1)
         finally:
             os.close(sub)
         total += t

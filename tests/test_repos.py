@@ -351,3 +351,23 @@ def test_a_store_without_a_proper_config_version_is_no_repository(tmp_path: Path
         "noversion": "not a repository: no borg config (broken or planted?)",
         "garbled": "not a repository: no borg config (broken or planted?)",
     }
+
+
+def test_a_repository_with_a_planted_deep_tree_is_sized_without_recursing_forever(tmp_path: Path) -> None:
+    cfg = site(tmp_path)
+    repo = repo_layouts.borg1(tmp_path / "repos" / "alice" / "r")
+    fd = os.open(repo / "data", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(1500):  # deeper than Python's recursion limit
+            os.mkdir("d", dir_fd=fd)
+            nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    finally:
+        os.close(fd)
+    try:
+        (found,) = repos.report(cfg).repos
+        assert found.format == "borg1" and found.size_bytes > 0
+        assert any(f"deeper than {repos.MAX_TREE_DEPTH} levels" in p for p in found.problems)
+    finally:
+        subprocess.run(["rm", "-rf", str(repo / "data" / "d")], check=True)  # shutil.rmtree recurses too
