@@ -56,6 +56,7 @@ DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 MAX_DEPTH: Final = 4  # /srv/borg/<client>/host/name: repositories this deep below a root are found
 MAX_TREE_DEPTH: Final = 16  # inside a repository
+MAX_ENTRIES: Final = 100_000  # read of one directory outside the size walk
 MAX_DIRS: Final = 10_000  # directories searched per root (repositories' insides not counted)
 CONFIG_BYTES: Final = 4096
 TRANSACTION_RE: Final = re.compile(r"(index|hints|integrity)\.([0-9]{1,20})")
@@ -220,10 +221,13 @@ def _open_dir(name: str, dir_fd: int | None) -> int:
     return os.open(name, DIR_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
 
 
-def _list(fd: int) -> dict[str, os.stat_result]:
+def _list(fd: int, limit: int = MAX_ENTRIES) -> dict[str, os.stat_result]:
+    """A directory's entries, lstat'ed; at most ``limit`` of them (a planted giant costs no memory)."""
     out: dict[str, os.stat_result] = {}
     with os.scandir(fd) as it:
         for entry in it:
+            if len(out) >= limit:
+                break
             with contextlib.suppress(OSError):  # gone since the listing
                 out[entry.name] = entry.stat(follow_symlinks=False)
     return out
@@ -452,15 +456,19 @@ def _borg2(fd: int, items: Mapping[str, os.stat_result], repo: Repo) -> None:
         try:
             sub = _open_dir("archives", fd)
             try:
-                found = _list(sub)
+                with os.scandir(sub) as it:  # streamed: the count is exact however many there are
+                    for entry in it:
+                        if not ARCHIVE_RE.fullmatch(entry.name):
+                            continue  # NAME.del: deleted, until compact removes it
+                        with contextlib.suppress(OSError):
+                            st = entry.stat(follow_symlinks=False)
+                            if stat.S_ISREG(st.st_mode):
+                                repo.archives += 1
+                                repo.last_change = max(repo.last_change or 0.0, st.st_mtime)
             finally:
                 os.close(sub)
         except OSError as exc:
             repo.problems.append(f"archives/: {_why(exc)}")
-            found = {}
-        times = [st.st_mtime for n, st in found.items() if ARCHIVE_RE.fullmatch(n) and stat.S_ISREG(st.st_mode)]
-        repo.archives = len(times)
-        repo.last_change = max(times, default=None)
     locks = items.get("locks")
     if locks is not None and stat.S_ISDIR(locks.st_mode):
         with contextlib.suppress(OSError):
@@ -562,6 +570,8 @@ class Search:
         except OSError as exc:
             self.problems.append(Problem(client, path, _why(exc)))
             return True  # reported: its parent must not also say "no repository"
+        if len(items) >= MAX_ENTRIES:
+            self.problems.append(Problem(client, path, f"more than {MAX_ENTRIES} entries: the rest not searched"))
         fmt = classify(fd, items)
         if fmt == "unreadable config":
             self.problems.append(Problem(client, path, "looks like a repository, but its config is unreadable"))

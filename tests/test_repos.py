@@ -371,3 +371,14 @@ def test_a_repository_with_a_planted_deep_tree_is_sized_without_recursing_foreve
         assert any(f"deeper than {repos.MAX_TREE_DEPTH} levels" in p for p in found.problems)
     finally:
         subprocess.run(["rm", "-rf", str(repo / "data" / "d")], check=True)  # shutil.rmtree recurses too
+
+
+def test_a_planted_giant_directory_is_read_only_in_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(repos, "MAX_ENTRIES", 100)
+    cfg = site(tmp_path, ("alice", "mallory"))
+    for i in range(300):
+        (tmp_path / "repos" / "mallory" / f"f{i:03d}").write_bytes(b"")
+    store = repo_layouts.store(tmp_path / "repos" / "alice" / "s", archives=250)  # counted in full all the same
+    r = repos.report(cfg)
+    assert [(x.path, x.archives) for x in r.repos] == [(str(store), 250)]
+    assert problems(r)["mallory"] == "more than 100 entries: the rest not searched"
