@@ -28,8 +28,9 @@ and not writable by others) and redone only when one of the store's namespace di
 Repository dirs belong to the clients' unix users, any of whom may plant symlinks, loops,
 FIFOs, unreadable or enormous trees: the search opens every directory relative to its
 parent with O_NOFOLLOW, reports (and never follows) symlinks, visits a directory once,
-stops after MAX_DIRS directories per root and MAX_DEPTH levels, and reports what it could
-not read. Names are shown with control characters escaped.
+stops after MAX_DIRS directories per root and MAX_DEPTH levels (MAX_TREE_DEPTH inside a
+repository), reads at most MAX_ENTRIES entries of a directory it searches, and reports what
+it could not read. Names are shown with control characters escaped.
 """
 
 from __future__ import annotations
