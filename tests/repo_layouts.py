@@ -4,7 +4,7 @@ Checked against real repositories (tests/test_repo_layouts.py builds one of each
 installed borg and compares): borg 1.x ``borg init`` makes README, config (``[repository]``,
 ``version = 1``), nonce, data/0/<segment N>, and each commit index.N, hints.N, integrity.N;
 borg 2.0.0b5 the same with ``version = 2``. A borgstore repository (2.0 b10+) has
-config/{id,manifest,readme,version}, keys/, locks/, index/, cache/, one empty file per
+config/{id,manifest,readme,version}, keys/, locks/, index/ (b22) or cache/chunks.* (b19), one empty file per
 archive in archives/ (``<64 hex>``, ``.del`` once deleted, gone after compact) and its
 objects in packs/XX/<id> (b22, one level) or data/XX/YY/<id> (b19, two levels), created as
 needed. Object contents here are random bytes: the gate never reads them.
@@ -57,14 +57,17 @@ def store(
     version: str = "4",
 ) -> Path:
     """A borgstore repository: ``levels`` 1 is b22's packs/XX/, 2 is b19's data/XX/YY/."""
-    for d in ("config", "keys", "locks", "index", "cache", "archives"):
+    for d in ("config", "keys", "locks", "index" if levels == 1 else "cache", "archives"):
         (path / d).mkdir(parents=True, exist_ok=True)
     _touch(path / "config" / "id", _hex(path, "id").encode(), mtime)
     _touch(path / "config" / "manifest", os.urandom(300), mtime)
     _touch(path / "config" / "readme", README, mtime)
     _touch(path / "config" / "version", version.encode(), mtime)
     _touch(path / "keys" / _hex(path, "key"), os.urandom(500), mtime)
-    _touch(path / "index" / _hex(path, "index"), os.urandom(400), mtime)
+    if levels == 1:  # b22 keeps its chunk index in index/, b19 in cache/chunks.<hash>
+        _touch(path / "index" / _hex(path, "index"), os.urandom(400), mtime)
+    else:
+        _touch(path / "cache" / f"chunks.{_hex(path, 'chunks')[:16]}", os.urandom(400), mtime)
     for i in range(archives + deleted):
         name = _hex(path, "archive", i) + (".del" if i >= archives else "")
         _touch(path / "archives" / name, b"", mtime)
