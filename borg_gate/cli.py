@@ -1,4 +1,4 @@
-"""Entry point: a connection (key options only) or an admin command (status, metrics, check, authorize).
+"""Entry point: a connection (key options only) or an admin command (status, metrics, repos, check, authorize).
 
 Admin modules are imported only when asked for, so a connection pays for none of them.
 """
@@ -12,6 +12,7 @@ from typing import Final
 ADMIN: Final = {
     "status": "borg_gate.status",
     "metrics": "borg_gate.metrics",
+    "repos": "borg_gate.repos",
     "check": "borg_gate.check",
     "authorize": "borg_gate.authorize",
     "hold": "borg_gate.holds",

@@ -14,6 +14,12 @@ loses this increment, never the totals. A power cut in mid-write could garble th
 it then starts over at zero, which Prometheus' rate() and increase() take as a counter
 reset, as they do the reset after a reboot when the state dir is on tmpfs (/run).
 
+Beside the counters each file keeps, per client, its latest session (``last``): when it
+started and, in supervise mode, when it ended, with what exit code and how many bytes it
+read (what the client uploaded) and wrote, and when a session last ended with exit 0.
+``borg-gate repos`` and ``metrics`` read them; nothing else keeps timestamps, since the
+event log may be off or rotated away. Readers take the newest entry over all users' files.
+
 fcntl.flock rather than the filelock package: filelock's import alone costs ~30-40 ms per
 connection, more than the gate's whole budget.
 
@@ -108,6 +114,9 @@ def by_label(values: Mapping[str, float], name: str, label: str) -> dict[str, fl
     return out
 
 
+LAST_FIELDS: Final = ("start", "end", "exit_code", "bytes_read", "bytes_written", "success")
+
+
 def _number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0.0
@@ -139,11 +148,57 @@ def from_event(record: Mapping[str, Any], errors: Mapping[str, str]) -> dict[str
     return inc
 
 
+def latest(record: Mapping[str, Any], now: float) -> dict[str, dict[str, float]]:
+    """What one event sets in its client's ``last`` entry (empty for other events)."""
+    client = record.get("client")
+    if not isinstance(client, str) or not client:
+        return {}
+    if record.get("event") == "session.started":
+        return {client: {"start": now}}
+    if record.get("event") != "session.ended":
+        return {}
+    code = record.get("exit_code")
+    entry = {"end": now, "exit_code": float(code) if isinstance(code, int) else -1.0}
+    entry.update({k: _number(record.get(k)) for k in ("bytes_read", "bytes_written")})
+    if code == 0:
+        entry["success"] = now
+    return {client: entry}
+
+
+def _last(data: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """A file's ``last`` entries, numbers only (a planted file can put nothing else there)."""
+    raw = data.get("last")
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for client, entry in raw.items():
+        if isinstance(client, str) and isinstance(entry, dict):
+            out[client] = {
+                k: float(v)
+                for k, v in entry.items()
+                if k in LAST_FIELDS and isinstance(v, int | float) and not isinstance(v, bool)
+            }
+    return out
+
+
+def merge_last(into: dict[str, dict[str, float]], other: Mapping[str, Mapping[str, float]]) -> None:
+    """Keep each client's newest start, newest end (with its exit code and bytes) and newest success."""
+    for client, entry in other.items():
+        mine = into.setdefault(client, {})
+        if entry.get("start", 0.0) > mine.get("start", 0.0):
+            mine["start"] = entry["start"]
+        if entry.get("end", 0.0) > mine.get("end", 0.0):
+            mine.update({k: entry[k] for k in ("end", "exit_code", "bytes_read", "bytes_written") if k in entry})
+        if entry.get("success", 0.0) > mine.get("success", 0.0):
+            mine["success"] = entry["success"]
+
+
 @dataclass
 class Totals:
     """Counters summed over every user's file, and each file's latest sink error."""
 
     values: dict[str, float] = field(default_factory=dict)
+    last: dict[str, dict[str, float]] = field(default_factory=dict)  # client -> its latest session
     last_errors: list[dict[str, Any]] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
 
@@ -226,9 +281,14 @@ def _open_dir(state_dir: str) -> int | None:
         return None
 
 
-def add(state_dir: str, increments: Mapping[str, float], errors: Mapping[str, str] | None = None) -> bool:
-    """Add to this user's counters under its lock; False if the state dir would not take it."""
-    if not increments and not errors:
+def add(
+    state_dir: str,
+    increments: Mapping[str, float],
+    errors: Mapping[str, str] | None = None,
+    last: Mapping[str, Mapping[str, float]] | None = None,
+) -> bool:
+    """Add to this user's counters and set its clients' ``last``, under its lock; False if the state dir refused."""
+    if not increments and not errors and not last:
         return True
     dir_fd = _open_dir(state_dir)
     if dir_fd is None:
@@ -255,6 +315,11 @@ def add(state_dir: str, increments: Mapping[str, float], errors: Mapping[str, st
         for key, amount in increments.items():
             values[key] = values.get(key, 0.0) + amount
         out: dict[str, Any] = {"values": values}
+        latest = _last(data)
+        for client, entry in (last or {}).items():
+            latest.setdefault(client, {}).update(entry)
+        if latest:
+            out["last"] = latest
         if errors:
             sink, error = next(iter(errors.items()))
             out["last_error"] = {"ts": time.time(), "sink": sink, "error": error}
@@ -302,6 +367,7 @@ def load(state_dir: str) -> Totals:
                 continue
             for key, value in _values(data, checked=True).items():
                 totals.values[key] = totals.values.get(key, 0.0) + value
+            merge_last(totals.last, _last(data))
             last = data.get("last_error")
             if isinstance(last, dict):
                 totals.last_errors.append({"file": name, **last})

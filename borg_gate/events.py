@@ -181,7 +181,8 @@ class EventLog:
         self.failures += len(errors)
         if self.state_dir is not None:
             try:
-                counted = counters.add(self.state_dir, counters.from_event(record, errors), errors)
+                increments = counters.from_event(record, errors)
+                counted = counters.add(self.state_dir, increments, errors, counters.latest(record, time.time()))
             except Exception:
                 counted = False
             self.failures += not counted

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Forced command for borg repositories: vets SSH_ORIGINAL_COMMAND, confines the key, "
             "takes a session slot and execs borg serve. Put it in authorized_keys as "
             'command="borg-gate --client NAME …",restrict ssh-ed25519 AAAA…. '
-            "Admin commands: borg-gate status | metrics | check | authorize (see borg-gate CMD --help)."
+            "Admin commands: borg-gate status | metrics | repos | check | authorize (see borg-gate CMD --help)."
         ),
         epilog=(
             "A refused connection gets one line on stderr and one of these exit codes: "

@@ -6,6 +6,11 @@ command. Gauges come from a read-only slot snapshot; counters from the state dir
 files (borg_gate.counters), summed over every unix user that ran the gate. ``--output`` is
 replaced atomically: a temp file in the same directory, not ending in .prom so the
 collector never reads it half written, then a rename.
+
+The repository gauges (last change, size, archives; each client's latest session and last
+success) come from ``borg-gate repos`` (borg_gate.repos): one series per repository and
+per client. ``--no-repos`` leaves them out, ``--authorized-keys`` searches the keys'
+confinements too.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from borg_gate import counters, slotstatus
+from borg_gate import counters, repos, slotstatus
 from borg_gate.errors import Kind
 from borg_gate.status import admin_parser, budgets, current_holds, guarded, load_config
 
@@ -35,7 +40,10 @@ def _value(v: float) -> str:
 
 
 def exposition(
-    usage: Sequence[slotstatus.BudgetUsage], values: Mapping[str, float], holds: Sequence[Mapping[str, Any]] = ()
+    usage: Sequence[slotstatus.BudgetUsage],
+    values: Mapping[str, float],
+    extra: Iterable[str] = (),
+    holds: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     lines: list[str] = []
     table = budgets(usage)
@@ -71,6 +79,7 @@ def exposition(
     for name, help_text in counters.HELP.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
         lines += [f"{key} {_value(v)}" for key, v in sorted(totals.items()) if counters.family(key) == name]
+    lines += extra
     return "\n".join(lines) + "\n"
 
 
@@ -92,12 +101,17 @@ def write_atomically(path: str, data: str) -> None:
 def main(argv: list[str]) -> int:
     parser = admin_parser("metrics", __doc__ or "")
     parser.add_argument("--output", metavar="FILE", help="replace FILE atomically instead of printing")
+    parser.add_argument("--no-repos", action="store_true", help="leave out the repository and client gauges")
+    repos.keys_argument(parser)
     args = parser.parse_args(argv)
 
     def work() -> None:
         cfg = load_config(args.config)
         usage = slotstatus.snapshot(cfg.state_dir, cfg.max_sessions, cfg.max_sessions_per_client, cfg.reserved_sessions)
-        text = exposition(usage, counters.load(cfg.state_dir).values, current_holds(cfg.state_dir))
+        extra: list[str] = []
+        if not args.no_repos:
+            extra = list(repos.metric_lines(repos.report(cfg, args.authorized_keys)))
+        text = exposition(usage, counters.load(cfg.state_dir).values, extra, current_holds(cfg.state_dir))
         if args.output:
             write_atomically(args.output, text)
         else:
