@@ -34,6 +34,7 @@ from borg_gate.config import BinarySpec, Config
 from borg_gate.errors import Refusal, shown
 from borg_gate.keyopts import KeyOptions
 from borg_gate.policy import Confinement
+from borg_gate.printable import printable
 
 ERROR: Final = "error"
 WARNING: Final = "warning"
@@ -104,6 +105,7 @@ class Report:
                 "exit_code": self.exit_code,
             },
             indent=1,
+            ensure_ascii=True,  # key files and configs are not all root's: no raw control character out
         )
 
 
@@ -808,7 +810,7 @@ def main(argv: list[str]) -> int:
     else:
         for finding in report.findings:
             if not (args.quiet and finding.severity == INFO):
-                print(finding.human())
+                print(printable(finding.human()))
         print(
             f"borg-gate check: {report.count(ERROR)} error(s), {report.count(WARNING)} warning(s) "
             f"in {report.keys} key line(s) of {report.files} file(s)"
