@@ -309,10 +309,16 @@ def check_log_file(report: Report, cfg: Config, users: Sequence[User]) -> None:
     if not cfg.log_file:
         report.add(INFO, "log-file", 'log file disabled (log_file = "")', where)
         return
+    owners = {0, *(user.uid for user in users)} if users else {0, os.geteuid()}
+    parent = os.path.dirname(cfg.log_file) or "/"
+    with contextlib.suppress(OSError):
+        pst = os.stat(parent)
+        problem = statedir.unsafe(parent, pst, owners, "log dir") if stat.S_ISDIR(pst.st_mode) else None
+        if problem is not None:
+            report.add(ERROR, "log-dir", f"{problem}: the gate refuses every connection", where)
     try:
         st = os.lstat(cfg.log_file)
     except FileNotFoundError:
-        parent = os.path.dirname(cfg.log_file)
         try:
             pst = os.stat(parent)
         except OSError as exc:
@@ -332,6 +338,14 @@ def check_log_file(report: Report, cfg: Config, users: Sequence[User]) -> None:
             WARNING, "log-file", f"log file {cfg.log_file} is not a regular file (symlinks are not followed)", where
         )
         return
+    foreign = [user.name for user in users if st.st_uid not in (0, user.uid)]
+    if foreign or st.st_nlink != 1 or st.st_mode & stat.S_IWOTH:
+        why = (
+            f"owned by {owner_name(st.st_uid)}: the gates of {', '.join(foreign)} refuse it (root's or their own only)"
+            if foreign
+            else f"{st.st_nlink} links" if st.st_nlink != 1 else "world-writable"
+        )
+        report.add(WARNING, "log-file", f"log file {cfg.log_file}: {why}; their events are lost", where)
     for user in users:
         if unreachable(cfg.log_file, user) or not allows(st, user, 2):
             report.add(

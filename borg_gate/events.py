@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Final
 
-from borg_gate import counters
+from borg_gate import counters, statedir
 from borg_gate.connection import Connection
 
 SYSLOG_SOCKET: Final = "/dev/log"
@@ -70,12 +70,49 @@ def structlog_renderer(_logger: object, _method: str, event_dict: MutableMapping
     return render(event_dict)
 
 
-def append_line(path: str, data: bytes) -> str | None:
-    """One O_APPEND write to a regular file; the error text on failure, None on success.
+def log_dir_problem(log_file: str | None) -> str | None:
+    """Why the log file's dir must not be used (the state dir's rule, statedir.unsafe), or None.
 
-    The log dir is group-writable, so any gate user can plant something under the log's name:
-    O_NONBLOCK keeps a FIFO from hanging the open (ENXIO without a reader), and anything but a
-    regular file is refused once open. On a regular file O_NONBLOCK changes nothing.
+    A missing dir (or a file in its place) is no reason to refuse a connection: its events
+    fail, counted as sink failures.
+    """
+    if not log_file:
+        return None
+    directory = os.path.dirname(log_file) or "/"
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return None
+    return statedir.unsafe(directory, st, (0, os.geteuid()), "log dir")
+
+
+def unusable(st: os.stat_result) -> str | None:
+    """Why an opened log file is not one to append to, or None.
+
+    Only root (tmpfiles, logrotate's ``create``) or this user may own it: a member who made it
+    in logrotate's rename-to-create window would own everyone's events. One link only: a second
+    name of another file (a member's hard link of one of this user's own files) is not the log.
+    """
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_uid not in (0, os.geteuid()):
+        return f"owned by uid {st.st_uid}, not by root or this user"
+    if st.st_nlink != 1:
+        return f"{st.st_nlink} links, not 1"
+    if st.st_mode & stat.S_IWOTH:
+        return "world-writable"
+    return None
+
+
+def append_line(path: str, data: bytes) -> str | None:
+    """One O_APPEND write to a checked regular file; the error text on failure, None on success.
+
+    The log dir may be shared, so anyone who can create files there can plant something under
+    the log's name: O_NONBLOCK keeps a FIFO from hanging the open (ENXIO without a reader), and
+    a file that fails :func:`unusable` is refused once open. On a regular file O_NONBLOCK changes
+    nothing.
     """
     try:
         fd = os.open(path, LOG_FLAGS)
@@ -89,8 +126,9 @@ def append_line(path: str, data: bytes) -> str | None:
     except OSError as exc:
         return f"{path}: {exc.strerror}"
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return f"{path}: not a regular file"
+        problem = unusable(os.fstat(fd))
+        if problem is not None:
+            return f"{path}: {problem}"
         written = os.write(fd, data)
     except OSError as exc:
         return f"{path}: {exc.strerror}"

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import Final, NoReturn
 
 from borg_gate import command, config, confine, connection, execute, keyopts, policy, slots, versions
-from borg_gate.errors import Kind, Refusal
-from borg_gate.events import EventLog
+from borg_gate.errors import Kind, Refusal, misconfigured
+from borg_gate.events import EventLog, log_dir_problem
 
 # The client reads stdout EOF before stderr in the same select pass: exiting at once loses
 # the refusal line about half the time (BORG-FACTS). A short pause lets it arrive.
@@ -58,6 +58,10 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
             log.emit("config.error", reason=exc.reason, config=path)
             raise
         log = EventLog(conn, cfg.log_file, syslog=cfg.syslog, state_dir=cfg.state_dir)
+        problem = log_dir_problem(cfg.log_file)
+        if problem is not None:  # refused, and not logged there: anyone may have planted the file
+            log = EventLog(conn, None, syslog=cfg.syslog, state_dir=cfg.state_dir)
+            raise misconfigured(problem)
         client = policy.client_name(key, conn.unix_user)
         log.bind(client=client)
 

@@ -382,7 +382,11 @@ def test_state_dir_and_log_file_usable_by_the_gates_users(shared_dir: Path) -> N
     log.unlink()
     check.check_log_file(report, cfg, [shared])
     assert [(f.severity, f.code) for f in report.findings] == [(WARNING, "log-file")]
-    (shared_dir / "log").chmod(0o2770)
+    (shared_dir / "log").chmod(0o2770)  # the state dir's rule: group-writable needs the sticky bit
+    report = Report()
+    check.check_log_file(report, cfg, [shared])
+    assert [(f.severity, f.code) for f in report.findings] == [(ERROR, "log-dir")]
+    (shared_dir / "log").chmod(0o3770)
     report = Report()
     check.check_log_file(report, cfg, [shared])
     assert report.findings == []
