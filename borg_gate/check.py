@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Final
 
-from borg_gate import authkeys, cli, config, keyopts, policy, statedir, versions
+from borg_gate import authkeys, cli, config, confine, keyopts, policy, statedir, versions
 from borg_gate.config import BinarySpec, Config
 from borg_gate.errors import Refusal, shown
 from borg_gate.keyopts import KeyOptions
@@ -214,6 +214,14 @@ class Site:
             self.report.add(INFO, "config-default", "no config file: the gate uses its built-in defaults", path)
         else:
             self._writable(path)
+        if cfg.repos_root and confine.unconfined(Confinement((cfg.repos_root.replace("{client}", "client"),))):
+            self.report.add(
+                ERROR,
+                "repos-root-unconfined",
+                f"[repos] root = {cfg.repos_root!r} resolves to /: no confinement; the gate refuses every key"
+                " that relies on it",
+                path,
+            )
         for spec in cfg.binaries.values():
             self.borgs[(path, spec.name)] = self._binary(path, spec)
         return cfg
@@ -623,6 +631,7 @@ class FileCheck:
         try:
             client = policy.client_name(key, client)
             where = policy.confinement(key, cfg, client)
+            confine.refuse_unconfined(where)
         except Refusal as exc:
             self.add(ERROR, "confinement", f"the gate refuses this key: {exc.reason}", n)
             return

@@ -74,6 +74,7 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
         plan = policy.plan(request, key, cfg, borg, client)
         restrictions = tuple(plan.confinement.options())
         log.bind(binary=spec.path, borg_version=str(borg.version), restrictions=list(restrictions))
+        confine.refuse_unconfined(plan.confinement)
         confine.check_backend(request.backend_path, plan.confinement)
 
         # 4. A session slot: per-client first, then host-wide; may queue until the deadline.
