@@ -14,9 +14,10 @@ import time
 from collections.abc import Mapping
 from typing import Final, NoReturn
 
-from borg_gate import command, config, confine, connection, execute, keyopts, policy, slots, versions
+from borg_gate import command, config, confine, connection, execute, interrupt, keyopts, policy, slots, versions
 from borg_gate.errors import Kind, Refusal, misconfigured
 from borg_gate.events import EventLog, log_dir_problem
+from borg_gate.interrupt import Interrupted
 
 # The client reads stdout EOF before stderr in the same select pass: exiting at once loses
 # the refusal line about half the time (BORG-FACTS). A short pause lets it arrive.
@@ -31,6 +32,7 @@ def say(message: str) -> None:
 
 
 def refuse(refusal: Refusal, log: EventLog) -> NoReturn:
+    interrupt.leaving(int(refusal.kind))  # a signal from here on ends with this code, saying no more
     log.emit(
         "connection.refused",
         kind=refusal.kind.label,
@@ -89,10 +91,13 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
         if plan.supervise:
             from borg_gate import supervise  # only supervised connections pay for it
 
+            interrupt.release(keep=supervise.FORWARDED)  # the supervisor forwards these to borg serve
             supervise.run(plan.argv, env, cfg.umask, held.fds, log)
         execute.exec_serve(plan.argv, env, cfg.umask, held.fds)
     except Refusal as refusal:
         refuse(refusal, log)
+    except Interrupted as exc:
+        refuse(Refusal(Kind.CLIENT_GONE, f"interrupted by {exc.name} before borg serve started"), log)
     except SystemExit:
         raise  # argparse's exit after --help: a person asked, nothing was served
     except BaseException as exc:
@@ -103,4 +108,7 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    serve(sys.argv[1:] if argv is None else argv, os.environ)
+    try:
+        serve(sys.argv[1:] if argv is None else argv, os.environ)
+    except Interrupted:  # arrived inside serve's own handlers, before a refusal took over: end quietly
+        os._exit(int(Kind.CLIENT_GONE))
