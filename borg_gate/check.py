@@ -212,8 +212,6 @@ class Site:
             return None
         if cfg.source != path:
             self.report.add(INFO, "config-default", "no config file: the gate uses its built-in defaults", path)
-        else:
-            self._writable(path)
         if cfg.repos_root and confine.unconfined(Confinement((cfg.repos_root.replace("{client}", "client"),))):
             self.report.add(
                 ERROR,
@@ -225,19 +223,6 @@ class Site:
         for spec in cfg.binaries.values():
             self.borgs[(path, spec.name)] = self._binary(path, spec)
         return cfg
-
-    def _writable(self, path: str) -> None:
-        """Whoever can edit the config chooses the binaries every backup user runs."""
-        with contextlib.suppress(OSError):
-            st = os.stat(path)
-            if st.st_mode & 0o022:
-                self.report.add(
-                    WARNING,
-                    "config-writable",
-                    f"mode {stat.S_IMODE(st.st_mode):o}: users other than {owner_name(st.st_uid)} can change "
-                    "the config, and with it the binaries every backup user runs",
-                    path,
-                )
 
     def _binary(self, source: str, spec: BinarySpec) -> versions.Borg | None:
         try:
@@ -389,8 +374,18 @@ class SshdSettings:
         return self.values.get(key, SSHD_DEFAULTS.get(key, ""))
 
 
-def parse_sshd_config(path: str, into: dict[str, str] | None = None, depth: int = 0) -> dict[str, str]:
-    """Global settings of an sshd_config: first value wins, Include followed, Match blocks left out."""
+MATCHED_ENV: Final = "acceptenv@match"  # AcceptEnv patterns of Match blocks, whatever their criteria
+
+
+def parse_sshd_config(
+    path: str, into: dict[str, str] | None = None, depth: int = 0, *, in_match: bool = False
+) -> dict[str, str]:
+    """Global settings of an sshd_config: first value wins, Include followed.
+
+    Inside Match blocks only AcceptEnv is kept, under MATCHED_ENV: check cannot tell which
+    connections a block's criteria select (user, group, address...), so a hazardous pattern
+    there is reported as if it applied to the gate's users.
+    """
     values = {} if into is None else into
     with open(path, encoding="utf-8", errors="replace") as fh:
         lines = fh.read(1 << 20).splitlines()
@@ -402,13 +397,18 @@ def parse_sshd_config(path: str, into: dict[str, str] | None = None, depth: int 
         key = key.lower()
         rest = rest.strip()
         if key == "match":
-            break  # the rest of this file is conditional
+            in_match = rest.lower() != "all"  # Match all: global again
+            continue
         if key == "include" and depth < 8:
             for pattern in rest.split():
                 full = pattern if pattern.startswith("/") else os.path.join("/etc/ssh", pattern)
                 for included in sorted(glob.glob(full)):
                     with contextlib.suppress(OSError):
-                        parse_sshd_config(included, values, depth + 1)
+                        parse_sshd_config(included, values, depth + 1, in_match=in_match)
+            continue
+        if in_match:
+            if key == "acceptenv":
+                values[MATCHED_ENV] = f"{values.get(MATCHED_ENV, '')} {rest}".strip()
             continue
         _set(values, key, rest)
     return values
@@ -434,6 +434,10 @@ def read_sshd(config_file: str | None) -> SshdSettings | str:
                 for line in out.stdout.splitlines():
                     key, _, rest = line.partition(" ")
                     _set(values, key.lower(), rest.strip())
+                with contextlib.suppress(OSError):  # sshd -T shows no Match block: read them from the file
+                    scoped = parse_sshd_config(SSHD_CONFIG).get(MATCHED_ENV)
+                    if scoped:
+                        values[MATCHED_ENV] = scoped
                 return SshdSettings(values, "sshd -T")
     path = config_file or SSHD_CONFIG
     try:
@@ -455,17 +459,21 @@ def check_sshd(report: Report, settings: SshdSettings, cfg: Config | None, clien
             "PermitUserEnvironment is on: ~/.ssh/environment and environment= reach the gate's process",
             src,
         )
-    accepted = settings.get("acceptenv").split()
-    for name in CLIENT_ENV_HAZARDS:
-        patterns = [p for p in accepted if fnmatch.fnmatchcase(name, p)]
-        if patterns:
-            report.add(
-                ERROR,
-                "sshd-accept-env",
-                f"AcceptEnv {' '.join(patterns)} lets a client set {name} for the gate's process "
-                f"({CLIENT_ENV_HAZARDS[name]}): remove it or scope it with Match",
-                src,
-            )
+    for key, scope, fix in (
+        ("acceptenv", "", "remove it or scope it with a Match block that selects no gate user"),
+        (MATCHED_ENV, " (in a Match block)", "make sure that block selects no gate user"),
+    ):
+        accepted = settings.get(key).split()
+        for name in CLIENT_ENV_HAZARDS:
+            patterns = [p for p in accepted if fnmatch.fnmatchcase(name, p)]
+            if patterns:
+                report.add(
+                    ERROR,
+                    "sshd-accept-env",
+                    f"AcceptEnv {' '.join(patterns)}{scope} lets a client set {name} for the gate's process "
+                    f"({CLIENT_ENV_HAZARDS[name]}): {fix}",
+                    src,
+                )
     if cfg is None:
         return
     text = settings.get("maxstartups")

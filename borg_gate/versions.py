@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from borg_gate import statedir
-from borg_gate.config import BinarySpec
+from borg_gate.config import BinarySpec, untrusted
 from borg_gate.errors import Refusal, misconfigured, shown
 
 VERSION_RE: Final = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)(?:(a|b|rc)([0-9]+))?(?:\.dev([0-9]+))?")
@@ -202,6 +202,9 @@ def resolve(spec: BinarySpec, state_dir: str) -> Borg:
         raise misconfigured(f"borg binary {spec.name} = {spec.path}: {exc.strerror}") from None
     if not os.access(spec.path, os.X_OK) or not (st.st_mode & 0o111):
         raise misconfigured(f"borg binary {spec.name} = {spec.path}: not executable")
+    problem = untrusted(st)  # the stat just taken: no extra system call
+    if problem is not None:
+        raise misconfigured(f"borg binary {spec.name} = {spec.path}: {problem}")
     if spec.version is not None:
         return Borg(spec, BorgVersion.parse(spec.version))
     return Borg(spec, _cached(spec, _identity(st), state_dir))

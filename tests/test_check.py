@@ -423,10 +423,13 @@ def test_binaries_missing_or_misdescribed(site: Site) -> None:
 
 
 def test_config_writable_by_others(site: Site) -> None:
-    site.config.chmod(0o664)
-    assert only(site.run([]), "config-writable").severity == WARNING
+    """Issue 10, point 9d: the gate refuses such a config (whoever can edit it picks every user's borg)."""
+    for mode, who in ((0o664, "the group"), (0o646, "others"), (0o666, "the group and others")):
+        site.config.chmod(mode)
+        finding = only(site.run([]), "config")
+        assert finding.severity == ERROR and finding.message == f"writable by {who} (mode {mode:o})"
     site.config.chmod(0o644)
-    assert [f for f in site.run([]).findings if f.code == "config-writable"] == []
+    assert [f for f in site.run([]).findings if f.code == "config"] == []
 
 
 def test_key_config_of_its_own(site: Site) -> None:
