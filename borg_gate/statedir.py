@@ -65,7 +65,8 @@ def unsafe(path: str, st: os.stat_result, owners: Container[int], what: str = "s
     if st.st_mode & stat.S_IWGRP and not st.st_mode & stat.S_ISVTX:
         return (
             f"{what} {path}: group-writable without the sticky bit (any member could unlink the"
-            f" others' files); fix: install -d -o root -g {group_name(st.st_gid)} -m 3770 {path}"
+            f" others' {'slot files' if what == 'state dir' else 'files'}); fix: install -d -o root"
+            f" -g {group_name(st.st_gid)} -m 3770 {path}"
         )
     return None
 
