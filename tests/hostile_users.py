@@ -22,7 +22,11 @@ import pytest
 GROUP = "bgh"
 VICTIM = "bgh-victim"
 MEMBER = "bgh-mallory"
-PYTHON = sys.executable  # a venv built from /usr/bin/python3: runnable by any user
+# The system interpreter behind the venv, and a copy of the package in the test's own dir: the
+# worktree (or a checkout under /root, as in the Debian chroots) may be unreadable to the users.
+PYTHON = os.path.realpath(sys.executable)
+PACKAGE = Path(__file__).resolve().parents[1] / "borg_gate"
+_copies: dict[str, Path] = {}
 
 
 def ensure_users() -> None:
@@ -45,10 +49,19 @@ def as_user(user: str) -> list[str]:
     return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"]
 
 
+def _env() -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": str(_copies["lib"])}
+
+
 def run_as(user: str, code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Python code run as ``user`` (the worktree's package importable, as for any gate user)."""
+    """Python code run as ``user``, with this tree's package importable (inside ``hostile_root`` only)."""
     return subprocess.run(
-        [*as_user(user), PYTHON, "-c", code, *args], capture_output=True, text=True, timeout=timeout, check=False
+        [*as_user(user), PYTHON, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=_env(),
     )
 
 
@@ -59,6 +72,7 @@ def popen_as(user: str, code: str, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=_env(),
     )
 
 
@@ -78,7 +92,11 @@ def hostile_root() -> Iterator[Path]:
     ensure_users()
     root = Path(tempfile.mkdtemp(prefix="bgh-", dir="/tmp"))
     root.chmod(0o755)
+    lib = root / "lib"
+    shutil.copytree(PACKAGE, lib / "borg_gate", ignore=shutil.ignore_patterns("__pycache__"))
+    _copies["lib"] = lib
     try:
         yield root
     finally:
+        _copies.pop("lib", None)
         shutil.rmtree(root)
