@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(ADMIN[args[0]])
         result: int = module.main(args[1:], release=True) if args[0] == "release" else module.main(args[1:])
         return result
+    from borg_gate import interrupt
+
+    interrupt.install()  # first: a Ctrl-C while the connection's modules load is a refusal too
     from borg_gate import gate
 
     gate.main(args)

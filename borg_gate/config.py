@@ -277,6 +277,20 @@ def config_path(explicit: str | None, environ: Mapping[str, str]) -> tuple[str, 
     return DEFAULT_CONFIG_PATH, False
 
 
+def untrusted(st: os.stat_result) -> str | None:
+    """Why a file that decides what every connection runs (the config, a borg binary) is not trusted, or None.
+
+    Whoever can write it chooses the binary and the confinement of every backup user: only root
+    or the gate's own user may own it, and neither the group nor others may write it.
+    """
+    if st.st_uid not in (0, os.geteuid()):
+        return f"owned by uid {st.st_uid}, not by root or this user"
+    writers = [who for who, bit in (("the group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if st.st_mode & bit]
+    if writers:
+        return f"writable by {' and '.join(writers)} (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
 def load_config(path: str, required: bool) -> Config:
     try:
         # O_NONBLOCK: a FIFO (or device) at the path must not block the connection before fstat says no.
@@ -288,8 +302,12 @@ def load_config(path: str, required: bool) -> Config:
     except OSError as exc:
         raise misconfigured(f"config {path}: cannot read: {exc.strerror}", config=path) from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise misconfigured(f"config {path}: not a regular file", config=path)
+        problem = untrusted(st)
+        if problem is not None:
+            raise misconfigured(f"config {path}: {problem}", config=path)
         raw = os.read(fd, MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise misconfigured(f"config {path}: cannot read: {exc.strerror}", config=path) from None

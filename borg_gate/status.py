@@ -23,6 +23,7 @@ import psutil
 from borg_gate import config, counters, slotstatus
 from borg_gate.errors import Refusal
 from borg_gate.events import iso
+from borg_gate.printable import printable
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,8 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def _table(rows: list[list[str]]) -> list[str]:
+def _table(raw: list[list[str]]) -> list[str]:
+    rows = [[printable(c) for c in r] for r in raw]  # slot files are written by group members
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
@@ -223,8 +225,19 @@ def _row(s: Session) -> list[str]:
     ]
 
 
+def _when(ts: object) -> str:
+    """A counters file's timestamp, whatever a member wrote there instead of a number."""
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        return "?"
+    try:
+        return iso(float(ts))
+    except (ValueError, OverflowError, OSError):
+        return "?"
+
+
 def text(r: Report) -> str:
-    lines = [f"borg-gate status: state dir {r.state_dir} (config {r.config})", "", "budgets:"]
+    """The tables for a terminal: every text that came from a file goes through printable()."""
+    lines = [printable(f"borg-gate status: state dir {r.state_dir} (config {r.config})"), "", "budgets:"]
     rows = [["BUDGET", "IN USE", "FREE", "WAITING"]]
     for b in r.budgets:
         label = "host" if b.kind == "host" else f"{b.kind} {b.name}"
@@ -256,8 +269,8 @@ def text(r: Report) -> str:
         rows += [_row(s) for s in r.sessions]
         lines += _table(rows)
     failures = ", ".join(f"{sink} {value:.0f}" for sink, value in sorted(r.sink_failures.items()))
-    lines += ["", f"log sink failures: {failures}"]
-    lines += [f"  last: {iso(float(e.get('ts', 0)))} {e.get('sink')}: {e.get('error')}" for e in r.last_sink_errors]
+    lines += ["", printable(f"log sink failures: {failures}")]
+    lines += [printable(f"  last: {_when(e.get('ts'))} {e.get('sink')}: {e.get('error')}") for e in r.last_sink_errors]
     return "\n".join(lines) + "\n"
 
 
@@ -273,7 +286,7 @@ def guarded(command: str, work: Callable[[], None]) -> int:
     try:
         work()
     except (Refusal, OSError) as exc:
-        print(f"borg-gate {command}: {exc}", file=sys.stderr)
+        print(f"borg-gate {command}: {printable(str(exc))}", file=sys.stderr)
         return 1
     return 0
 
@@ -285,6 +298,6 @@ def main(argv: list[str]) -> int:
 
     def work() -> None:
         r = report(load_config(args.config))
-        sys.stdout.write(json.dumps(asdict(r), indent=2) + "\n" if args.json else text(r))
+        sys.stdout.write(json.dumps(asdict(r), indent=2, ensure_ascii=True) + "\n" if args.json else text(r))
 
     return guarded("status", work)

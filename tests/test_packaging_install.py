@@ -101,7 +101,7 @@ def test_package_installs_the_gate_under_usr_with_its_conffiles(deb: Path) -> No
     assert not os.path.lexists("/etc/systemd/system/timers.target.wants/borg-gate-metrics.timer")
     # postinst made the group and, through the tmpfiles entry, the shared paths
     gid = int(run("getent", "group", GROUP).stdout.split(":")[2])
-    for path, mode in (("/run/borg-gate", 0o3770), ("/var/log/borg-gate", 0o3770)):
+    for path, mode in (("/run/borg-gate", 0o3770), ("/var/log/borg-gate", 0o750)):
         st = os.stat(path)
         assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, 0, gid), path
     for path in ("/var/log/borg-gate/gate.jsonl", "/run/borg-gate/locks"):
