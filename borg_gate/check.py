@@ -306,7 +306,8 @@ def check_state_dir(report: Report, cfg: Config, users: Sequence[User]) -> None:
                 f"{stat.S_IMODE(st.st_mode):o}): user {user.name} cannot create files in it",
                 where,
             )
-    check_lock_file(report, cfg, st, users)
+    if not st.st_mode & stat.S_IWOTH:  # a dir like /tmp needs replacing, not a lock file in it
+        check_lock_file(report, cfg, st, users)
 
 
 def check_lock_file(report: Report, cfg: Config, dir_st: os.stat_result, users: Sequence[User]) -> None:

@@ -248,7 +248,7 @@ def text(r: Report) -> str:
     lines += _table(rows)
     for h in r.holds:
         since = iso(h["since"])[:19] + "Z" if h["since"] is not None else "?"
-        lines.append(f"on hold: {h['scope']} since {since}: {h['reason']}")
+        lines.append(printable(f"on hold: {h['scope']} since {since}: {h['reason']}"))
     lines += ["", f"sessions: {len(r.sessions)}"]
     if r.sessions:
         rows = [
