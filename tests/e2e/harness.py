@@ -130,7 +130,9 @@ class Sshd:
     def log_path(self) -> Path:
         return self.base / "sshd.log"
 
-    def start(self, extra_config: str = "") -> None:
+    def start(self, extra_config: str = "", *, leading_config: str = "") -> None:
+        """Start listening. ``leading_config`` goes first, where it wins over the defaults below
+        (for each keyword sshd keeps the first value it reads); ``extra_config`` goes last."""
         self.base.mkdir(parents=True, exist_ok=True)
         self.keys_dir.mkdir(exist_ok=True)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
@@ -142,6 +144,7 @@ class Sshd:
         config.write_text(
             "\n".join(
                 [
+                    leading_config,
                     "ListenAddress 127.0.0.1",
                     f"Port {self.port}",
                     f"HostKey {host_key}",
