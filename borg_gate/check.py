@@ -541,8 +541,6 @@ class FileCheck:
         kt = key.key_type
         if kt.cert:
             self.add(WARNING, "key-type", f"{key.type} is a certificate, not a key", n)
-        elif kt.family == "dsa":
-            self.add(WARNING, "key-type", "ssh-dss keys are refused by OpenSSH (7.0+) unless re-enabled", n)
         elif (bits := key.rsa_bits) is not None and bits < 2048:
             self.add(WARNING, "key-type", f"RSA key of {bits} bits: use 3072+ or ed25519", n)
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Final, NoReturn
 
-from borg_gate import command, config, confine, connection, execute, keyopts, policy, slots, versions
+from borg_gate import command, config, confine, connection, execute, keyopts, policy, reconnects, slots, versions
 from borg_gate.errors import Kind, Refusal
 from borg_gate.events import EventLog
 
@@ -72,9 +72,17 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
         log.bind(binary=spec.path, borg_version=str(borg.version), restrictions=list(restrictions))
         confine.check_backend(request.backend_path, plan.confinement)
 
-        # 4. A session slot: per-client first, then host-wide; may queue until the deadline.
+        # 4. A session slot: per-client first, then host-wide; may queue until the deadline
+        #    (not again for a rest:// client's reconnect right after a deadline refusal).
         session = slots.Session(client, conn.id, spec.path, restrictions, conn.unix_user)
-        held = slots.acquire(cfg.state_dir, client, plan.budget, session, say=say, emit=log.emit)
+        held = reconnects.acquire(
+            cfg.state_dir,
+            client,
+            conn.remote_ip,
+            rest=request.rest,
+            budget=plan.budget,
+            take=lambda budget: slots.acquire(cfg.state_dir, client, budget, session, say=say, emit=log.emit),
+        )
         log.emit(
             "session.started", waited=round(held.waited, 3), slots=held.slots, queues=held.queues, argv=list(plan.argv)
         )
