@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests import platform_facts
 from tests.eventlog import read_events
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -108,6 +109,11 @@ def install_gate(base: Path) -> Path:
 # --------------------------------------------------------------------------- sshd
 
 
+def has_penalties() -> bool:
+    """PerSourcePenalties came with OpenSSH 9.8 (Debian 13's 10.0 has it, Debian 12's 9.2 not)."""
+    return float(platform_facts.sshd_version()) >= 9.8
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -130,7 +136,12 @@ class Sshd:
     def log_path(self) -> Path:
         return self.base / "sshd.log"
 
-    def start(self, extra_config: str = "") -> None:
+    def start(self, extra_config: str = "", *, penalties: bool = False) -> None:
+        """Start listening; ``penalties``: keep sshd 9.8+'s PerSourcePenalties as shipped.
+
+        Every test client comes from 127.0.0.1, so the suite's own auth failures (keys that are
+        refused on purpose) would lock all later tests out: the shared sshd exempts loopback.
+        """
         self.base.mkdir(parents=True, exist_ok=True)
         self.keys_dir.mkdir(exist_ok=True)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
@@ -158,6 +169,7 @@ class Sshd:
                     "MaxSessions 50",
                     "LogLevel VERBOSE",
                     f"AllowUsers {' '.join(USERS)}",
+                    *([] if penalties or not has_penalties() else ["PerSourcePenaltyExemptList 127.0.0.1"]),
                     extra_config,
                     "",
                 ]

@@ -1,0 +1,66 @@
+"""The same repository operations in each borg family's words, for the client side of the e2e tests.
+
+Families (platform_facts.borg2_family): borg 1.x (``repo::archive``); 2.0 b1-b9 (``-r repo``,
+``rcreate``/``rlist``, ``delete -a``); b10-b21 (``repo-create``/``repo-list``, ssh://); b22+
+(the same verbs over rest://, ``prune --keep``). Checked against each tag's archiver in
+borg's source (b19: delete NAME, prune --keep-last, repo-list --short prints archive ids).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tests.platform_facts import borg2_family
+
+
+@dataclass(frozen=True)
+class Cli:
+    version: str
+
+    @property
+    def family(self) -> str:
+        return borg2_family(self.version)
+
+    @property
+    def rest(self) -> bool:
+        return self.family == "2-rest"
+
+    def _on(self, repo: str, verb: list[str], archive: str | None = None, rest: list[str] | None = None) -> list[str]:
+        if self.family == "1":
+            return [*verb, f"{repo}::{archive}" if archive else repo, *(rest or [])]
+        return ["-r", repo, *verb, *([archive] if archive else []), *(rest or [])]
+
+    def init(self, repo: str) -> list[str]:
+        verb = {"1": "init", "2-rcreate": "rcreate"}.get(self.family, "repo-create")
+        return self._on(repo, [verb, "--encryption=none"])
+
+    def create(self, repo: str, archive: str, src: str) -> list[str]:
+        return self._on(repo, ["create"], archive, [src])
+
+    def names(self, repo: str) -> list[str]:
+        """Archive names, one per line (b10+'s --short lists archive ids)."""
+        verb = {
+            "1": ["list", "--short"],
+            "2-rcreate": ["rlist", "--short"],
+        }.get(self.family, ["repo-list", "--format={archive}{NL}"])
+        return self._on(repo, verb)
+
+    def extract(self, repo: str, archive: str) -> list[str]:
+        return self._on(repo, ["extract"], archive)
+
+    def check(self, repo: str) -> list[str]:
+        return self._on(repo, ["check"])
+
+    def prune_keep_last(self, repo: str, n: int) -> list[str]:
+        return self._on(repo, ["prune", f"{'--keep' if self.rest else '--keep-last'}={n}"])
+
+    def delete(self, repo: str, archive: str) -> list[str]:
+        if self.family == "2-rcreate":
+            return self._on(repo, ["delete", "-a", archive])
+        return self._on(repo, ["delete"], archive)
+
+    def compacts_by_itself(self) -> bool:
+        return self.family == "2-rcreate"  # b5's delete compacts
+
+    def compact(self, repo: str) -> list[str]:
+        return self._on(repo, ["compact"])
