@@ -2,15 +2,20 @@
 
 Families (platform_facts.borg2_family): borg 1.x (``repo::archive``); 2.0 b1-b9 (``-r repo``,
 ``rcreate``/``rlist``, ``delete -a``); b10-b21 (``repo-create``/``repo-list``, ssh://); b22+
-(the same verbs over rest://, ``prune --keep``). Checked against each tag's archiver in
+(the same verbs over rest://, ``prune --keep``; b23+ has no ``none`` encryption). From b13 an
+absolute path after ``ssh://host`` needs ``//`` (the first "/" separates). Checked against each tag's archiver in
 borg's source (b19: delete NAME, prune --keep-last, repo-list --short prints archive ids).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from borg_gate.versions import BorgVersion
 from tests.platform_facts import borg2_family
+
+B13, B22 = BorgVersion.parse("2.0.0b13"), BorgVersion.parse("2.0.0b22")
 
 
 @dataclass(frozen=True)
@@ -30,9 +35,17 @@ class Cli:
             return [*verb, f"{repo}::{archive}" if archive else repo, *(rest or [])]
         return ["-r", repo, *verb, *([archive] if archive else []), *(rest or [])]
 
+    def url(self, authority: str, path: str | Path) -> str:
+        """``ssh://`` or ``rest://`` to an absolute path; from 2.0.0b13 the "/" after the host is a separator."""
+        scheme = "rest" if self.rest else "ssh"
+        sep = "/" if self.family != "1" and BorgVersion.parse(self.version) >= B13 else ""
+        return f"{scheme}://{authority}{sep}{path}"
+
     def init(self, repo: str) -> list[str]:
         verb = {"1": "init", "2-rcreate": "rcreate"}.get(self.family, "repo-create")
-        return self._on(repo, [verb, "--encryption=none"])
+        # 2.0.0b23+ dropped "none" (#9104): authenticated-sha256 is the nearest, with a passphrase
+        mode = "authenticated-sha256" if BorgVersion.parse(self.version) > B22 else "none"
+        return self._on(repo, [verb, f"--encryption={mode}"])
 
     def create(self, repo: str, archive: str, src: str) -> list[str]:
         return self._on(repo, ["create"], archive, [src])
@@ -64,3 +77,11 @@ class Cli:
 
     def compact(self, repo: str) -> list[str]:
         return self._on(repo, ["compact"])
+
+
+def borg_error(returncode: int) -> bool:
+    """An error exit of a borg client: 2, or one of borg 2's (and 1.4 with BORG_EXIT_CODES=modern) 3-99.
+
+    Debian 13's 2.0.0b19 exits 80 for a closed connection and 83 for a path not allowed.
+    """
+    return 2 <= returncode <= 99

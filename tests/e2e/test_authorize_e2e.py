@@ -58,8 +58,8 @@ def test_installed_lines_give_working_borg_sessions(site: Site, tmp_path: Path) 
     assert site.borg(["list", "--short", repo], alice).check().stdout.split() == ["one"]
 
     b2 = {"borg": harness.BORG2}
-    repo2 = site.repo_url(USER, bob_repos / "main")
     cli = Cli(platform_facts.debian_borg2())
+    repo2 = cli.url(f"{USER}@127.0.0.1:{site.sshd.port}", bob_repos / "main")
     site.borg(cli.init(repo2), bob, **b2).check()
     site.borg(cli.create(repo2, "one", str(src)), bob, **b2).check()
 

@@ -40,10 +40,10 @@ def test_borg2_client_and_server(site: Site, tmp_path: Path) -> None:
     bob = site.key("bob")
     repos = site.repo_dir("bob", owner="bgate-b")
     site.authorize("bgate-b", (bob, "--client bob --borg borg2"))
-    repo = site.repo_url("bgate-b", repos / "main")
     src = harness.make_tree(tmp_path / "src")
     b2 = {"borg": harness.BORG2}
     cli = Cli(platform_facts.debian_borg2())  # Debian 12's 2.0.0b5 says rcreate, 13's b19 repo-create
+    repo = cli.url(f"bgate-b@127.0.0.1:{site.sshd.port}", repos / "main")
 
     site.borg(cli.init(repo), bob, **b2).check()
     site.borg(cli.create(repo, "first", str(src)), bob, **b2).check()
