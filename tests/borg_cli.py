@@ -15,7 +15,7 @@ from pathlib import Path
 from borg_gate.versions import BorgVersion
 from tests.platform_facts import borg2_family
 
-B13, B22 = BorgVersion.parse("2.0.0b13"), BorgVersion.parse("2.0.0b22")
+B13, B22, B25 = (BorgVersion.parse(v) for v in ("2.0.0b13", "2.0.0b22", "2.0.0b25"))
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,13 @@ class Cli:
         return ["-r", repo, *verb, *([archive] if archive else []), *(rest or [])]
 
     def url(self, authority: str, path: str | Path) -> str:
-        """``ssh://`` or ``rest://`` to an absolute path; from 2.0.0b13 the "/" after the host is a separator."""
-        scheme = "rest" if self.rest else "ssh"
+        """The URL of an absolute path: from 2.0.0b13 the "/" after the host is a separator.
+
+        2.0.0b22 reaches ``serve --rest`` with ``rest://``; 2.0.0b25 has no ``rest://`` any more
+        (parseformat.Location: ``ssh://`` is REST over ssh, legacy RPC only with --from-borg1, and
+        an unknown scheme is a local path).
+        """
+        scheme = "rest" if self.rest and BorgVersion.parse(self.version) < B25 else "ssh"
         sep = "/" if self.family != "1" and BorgVersion.parse(self.version) >= B13 else ""
         return f"{scheme}://{authority}{sep}{path}"
 

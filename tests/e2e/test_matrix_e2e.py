@@ -167,8 +167,13 @@ OUTCOMES: dict[tuple[str, str], str] = {
     ("2.0.0b5", "1.2.4"): TOO_OLD,
     ("2.0.0b5", "1.4.5"): TOO_OLD,
     ("2.0.0b5", "2.0.0b22"): CLOSED,
-    # Debian 13's borg2 2.0.0b19
+    # Debian 13's borg2 2.0.0b19: borg 2 repositories over ssh:// with the RPC protocol
     ("2.0.0b19", "2.0.0b19"): WORKS,
+    ("1.4.0", "2.0.0b19"): CLOSED,
+    ("1.4.5", "2.0.0b19"): CLOSED,
+    ("2.0.0b19", "1.4.0"): "RPC method close is not valid",  # after b19's own error on the 1.x reply
+    ("2.0.0b19", "1.4.5"): "RPC method close is not valid",
+    **{("2.0.0b19", s): "This borg version only accepts version 3 repos" for s in ("2.0.0b22", "2.0.0b25")},
     # b22's ssh:// serve only serves legacy repositories to b22 itself; b25 likewise
     **{(c, s): CLOSED for c in ("1.2.4", "1.4.0", "1.4.5") for s in ("2.0.0b22", "2.0.0b25")},
     # rest:// clients: only a rest:// serve will do, the gate refuses the others
@@ -236,10 +241,11 @@ def test_pair(site: Site, pypi_borgs: dict[str, str], tmp_path: Path, client: st
     assert not site.events("connection.refused")
 
 
-@pytest.mark.parametrize("client", ["2.0.0b22", "2.0.0b25"])
+@pytest.mark.parametrize("client", ["2.0.0b22"])
 def test_rest_client_over_ssh_is_refused_by_the_client_itself(
     site: Site, pypi_borgs: dict[str, str], client: str
 ) -> None:
+    """2.0.0b22 reaches borg 2 repositories with rest:// only (b25 went back to ssh://, as REST over ssh)."""
     need(pypi_borgs, client)
     s = session(site, pypi_borgs, client, key_options=f"--borg {PYPI_NAMES[client]}")
     ssh_url = f"ssh://{USER}@127.0.0.1:{site.sshd.port}{s.repos / 'r'}"

@@ -66,7 +66,7 @@ def test_rest_client_refused_at_the_deadline_is_not_queued_again(
     repos = site.repo_dir("rc", owner=USER)
     site.authorize(USER, (holder, "--client holder"), (client, f"--client rc --borg {name}"))
     rsh = {"BORGSTORE_RSH": shlex.join(["ssh", *harness.ssh_options(client), "-p", str(site.sshd.port)])}
-    url = f"rest://{USER}@127.0.0.1:{site.sshd.port}/{repos / 'r'}"
+    url = Cli(version).url(f"{USER}@127.0.0.1:{site.sshd.port}", repos / "r")
     site.borg(Cli(version).init(url), client, borg=str(borg), env=rsh).check()
     if not memory:
         (site.state_dir / reconnects.file_name(harness.uid_gid(USER)[0])).write_text("{}")
