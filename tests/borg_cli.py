@@ -77,6 +77,10 @@ class Cli:
             return self._on(repo, ["delete", "-a", archive])
         return self._on(repo, ["delete"], archive)
 
+    def prunes_per_series(self) -> bool:
+        """2.0.0b25's prune keeps N archives per name (a series): a1 and a2 are two series of one."""
+        return BorgVersion.parse(self.version) >= B25
+
     def compacts_by_itself(self) -> bool:
         return self.family == "2-rcreate"  # b5's delete compacts
 

@@ -178,7 +178,10 @@ OUTCOMES: dict[tuple[str, str], str] = {
     **{(c, s): CLOSED for c in ("1.2.4", "1.4.0", "1.4.5") for s in ("2.0.0b22", "2.0.0b25")},
     # rest:// clients: only a rest:// serve will do, the gate refuses the others
     **{(c, s): no_rest(s) for c in ("2.0.0b22", "2.0.0b25") for s in ("1.2.4", "1.4.0", "1.4.5", DEB2)},
-    **{(c, s): WORKS for c in ("2.0.0b22", "2.0.0b25") for s in ("2.0.0b22", "2.0.0b25")},
+    ("2.0.0b22", "2.0.0b22"): WORKS,
+    ("2.0.0b22", "2.0.0b25"): WORKS,
+    ("2.0.0b25", "2.0.0b25"): WORKS,
+    ("2.0.0b25", "2.0.0b22"): "failed to persist the chunk index during close",  # repo-create works, create not
 }
 
 
@@ -211,10 +214,12 @@ def test_pair(site: Site, pypi_borgs: dict[str, str], tmp_path: Path, client: st
     expected = OUTCOMES.get((client, server))
     if expected != WORKS:
         result = s.init(s.url("r"))
+        if result.returncode == 0:  # some pairs fail only once there is data to move
+            result = s.create(s.url("r"), "a1", harness.make_tree(tmp_path / "src"))
         assert expected is not None, f"pair not in OUTCOMES; the client showed: {result.stderr[:2000]}"
         assert borg_error(result.returncode), result
         assert expected in result.stderr, result.stderr
-        if rest:
+        if expected.startswith("borg-gate: "):
             assert "stdio server exited with code 211" in result.stderr  # rest clients show the gate's exit code
             assert [e["exit_code"] for e in site.events("connection.refused")] == [211]
         else:
@@ -231,8 +236,10 @@ def test_pair(site: Site, pypi_borgs: dict[str, str], tmp_path: Path, client: st
     assert harness.tree_digest(tmp_path / "out" / src.relative_to("/")) == harness.tree_digest(src)
     s.run(s.client.cli.check(repo)).check()
     s.run(s.client.cli.prune_keep_last(repo, 1)).check()
-    assert s.names(repo) == ["a2"]
-    s.delete(repo, "a2").check()
+    left = ["a1", "a2"] if s.client.cli.prunes_per_series() else ["a2"]
+    assert s.names(repo) == left
+    for archive in left:
+        s.delete(repo, archive).check()
     if not s.client.cli.compacts_by_itself():
         s.compact(repo).check()
     assert s.names(repo) == []
@@ -355,7 +362,8 @@ def test_no_delete_key_on_rest_refuses_deleting(
     repo = s.url("main")
     refused = s.init(repo)
     assert borg_error(refused.returncode), refused
-    assert "PermissionDenied: backend" in refused.stderr
+    denied = "PermissionDenied: backend" if version == "2.0.0b22" else "via borg serve on the remote host: backend"
+    assert denied in refused.stderr
     admin.init(repo).check()
     s.create(repo, "a1", src).check()
     s.create(repo, "a2", src).check()
@@ -437,7 +445,7 @@ def test_unknown_binary_refused_naming_the_hosts(site: Site, pypi_borgs: dict[st
     assert [e["exit_code"] for e in site.events("connection.refused")] == [211]
 
 
-@pytest.mark.parametrize("version", ["2.0.0b22", "2.0.0b25"])
+@pytest.mark.parametrize("version", ["2.0.0b22"])  # b25 has no unencrypted mode to take a 1.x "none" key to
 def test_borg1_repository_transfers_to_rest(
     site: Site, pypi_borgs: dict[str, str], tmp_path: Path, version: str
 ) -> None:
