@@ -6,13 +6,14 @@ Servers and clients: Debian's own borg and borg2 (1.2.4 and 2.0.0b5 on Debian 12
 pairs borg supports do a whole repository life; the pairs it does not support fail, and each
 test says how (borg's own error, or the gate's refusal). OUTCOMES is the matrix the README shows.
 
-How a client picks its server, as borg's source has it: ssh:// clients send ``<--remote-path
-or BORG_REMOTE_PATH or "borg"> serve``; a 2.0b22+ rest:// client sends ``<BORG_REMOTE_PATH or
-"borg"> serve --rest --backend FILE:<path>`` (repository.rest_serve_command; b22 ignores
---remote-path, b23 removed it and --rsh), and its ssh comes from BORGSTORE_RSH (b23+ copies
-BORG_RSH there when unset), which borgstore uses verbatim: the URL's port must be in it (-p).
-The gate maps the last path component of that word to [borg.binaries]; plain ``borg`` means
-the key's --borg, else [borg] default.
+How a client picks its server, as borg's source has it: ssh:// clients up to 2.0.0b21 send
+``<--remote-path or BORG_REMOTE_PATH or "borg"> serve``; 2.0b22+ clients send ``<BORG_REMOTE_PATH
+or "borg"> serve --rest --backend FILE:<path>`` (repository.rest_serve_command; b22 ignores
+--remote-path, b23 removed it and --rsh) for a ``rest://`` URL (b22) or an ``ssh://`` one (b25,
+where rest:// is gone and ssh:// is REST over ssh unless --from-borg1); their ssh comes from
+BORGSTORE_RSH (b23+ copies BORG_RSH there when unset), which borgstore uses verbatim: the URL's
+port must be in it (-p). The gate maps the last path component of that word to
+[borg.binaries]; plain ``borg`` means the key's --borg, else [borg] default.
 """
 
 from __future__ import annotations
