@@ -1,13 +1,13 @@
-"""A deadline refusal remembered briefly, so that a rest:// client's automatic reconnects get it at once.
+"""A deadline refusal remembered briefly, so that a rest client's automatic reconnects get it at once.
 
 borgstore (>= 0.5.5, the transport of borg 2.0b22+ clients talking to ``serve --rest``: rest://
 URLs in b22, ssh:// ones from b25) reconnects up to three more times, 5 s apart, when the
 server closes stdout without an answer, which is what a refusal looks like to it. Without a
-memory, one borg command refused at the queue deadline
-would queue three more full waits and log four refusals. So a rest:// connection refused at
-its deadline is written down for RECALL seconds, per client name and remote address; a
-rest:// connection of that client from that address within that time waits for nothing: a
-slot free right now is still taken, a full budget refuses at once with the first reason.
+memory, one borg command refused at the queue deadline would queue three more full waits and
+log four refusals. So a rest connection refused at its deadline is written down for RECALL
+seconds, per client name and remote address; a rest connection of that client from that
+address within that time waits for nothing: a slot free right now is still taken, a full
+budget refuses at once with the first reason.
 
 The memory is this unix user's own file in the state dir (``deadline-<uid>.json``), believed
 only when it is a regular file with one link, owned by this user and writable by nobody else
