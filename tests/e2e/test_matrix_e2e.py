@@ -182,7 +182,7 @@ OUTCOMES: dict[tuple[str, str], str] = {
     ("2.0.0b22", "2.0.0b22"): WORKS,
     ("2.0.0b22", "2.0.0b25"): WORKS,
     ("2.0.0b25", "2.0.0b25"): WORKS,
-    ("2.0.0b25", "2.0.0b22"): "failed to persist the chunk index during close",  # repo-create works, create not
+    ("2.0.0b25", "2.0.0b22"): "failed to persist the chunk index during close",  # at the second create
 }
 
 
@@ -214,9 +214,16 @@ def test_pair(site: Site, pypi_borgs: dict[str, str], tmp_path: Path, client: st
         s.env["BORG_REMOTE_PATH"] = target.name
     expected = OUTCOMES.get((client, server))
     if expected != WORKS:
-        result = s.init(s.url("r"))
-        if result.returncode == 0:  # some pairs fail only once there is data to move
-            result = s.create(s.url("r"), "a1", harness.make_tree(tmp_path / "src"))
+        src = harness.make_tree(tmp_path / "src")
+        steps = [
+            lambda: s.init(s.url("r")),
+            lambda: s.create(s.url("r"), "a1", src),
+            lambda: s.create(s.url("r"), "a2", src),
+        ]
+        for step in steps:  # the first step that fails: some pairs fail only once there is data to move
+            result = step()
+            if result.returncode != 0:
+                break
         assert expected is not None, f"pair not in OUTCOMES; the client showed: {result.stderr[:2000]}"
         assert borg_error(result.returncode), result
         assert expected in result.stderr, result.stderr
