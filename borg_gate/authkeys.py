@@ -1,6 +1,8 @@
 """authorized_keys lines as OpenSSH's sshd reads them, and as a shell runs their ``command=``.
 
-The rules mirror OpenSSH 9.2 (auth2-pubkeyfile.c, authfile.c, auth-options.c, sshkey.c):
+The rules mirror OpenSSH 10.0 (auth2-pubkeyfile.c, authfile.c, auth-options.c, sshkey.c), and
+so Debian 13's sshd; Debian 12's 9.2 reads lines the same way but still knows DSA keys, which its
+default PubkeyAcceptedAlgorithms never accepts (OpenSSH 7.0+): a DSA line is useless to both:
 - the file is split at ``\\n`` only (getline); a NUL ends the line (C strings); leading spaces
   and tabs are skipped; empty lines and lines starting with ``#`` are ignored;
 - sshd first tries to read a key at the start of the line, and only when that fails reads
@@ -51,7 +53,6 @@ def _types() -> dict[str, KeyType]:
         KeyType("ssh-rsa", "rsa"),
         KeyType("rsa-sha2-256", "rsa"),  # signature names, accepted as RSA key types by sshkey_read
         KeyType("rsa-sha2-512", "rsa"),
-        KeyType("ssh-dss", "dsa"),
         KeyType("ecdsa-sha2-nistp256", "ecdsa", "nistp256"),
         KeyType("ecdsa-sha2-nistp384", "ecdsa", "nistp384"),
         KeyType("ecdsa-sha2-nistp521", "ecdsa", "nistp521"),
@@ -67,12 +68,17 @@ def _types() -> dict[str, KeyType]:
 
 
 KEY_TYPES: Final = _types()
+# Types sshd 10 no longer knows (DSA went in 10.0); 7.0 to 9.x read them but never accepted them by default.
+RETIRED_TYPES: Final = {
+    name: "DSA key (ssh-dss): OpenSSH 10 cannot read DSA keys, and 7.0 to 9.x accept them only if"
+    " re-enabled; make an ed25519 key"
+    for name in ("ssh-dss", "ssh-dss-cert-v01@openssh.com")
+}
 # The type names ssh-keygen writes; what authorize prints for a key.
 CANONICAL: Final = {
     "ed25519": "ssh-ed25519",
     "sk-ed25519": "sk-ssh-ed25519@openssh.com",
     "rsa": "ssh-rsa",
-    "dsa": "ssh-dss",
     "sk-ecdsa": "sk-ecdsa-sha2-nistp256@openssh.com",
 }
 
@@ -227,9 +233,6 @@ def _check_blob(line_type: KeyType, blob: bytes) -> None:
         reader.mpint()
         if reader.mpint().bit_length() < MIN_RSA_BITS:
             raise KeyFormatError(f"RSA key is shorter than {MIN_RSA_BITS} bits")
-    elif family == "dsa":
-        for _ in range(4):
-            reader.mpint()
     else:  # ecdsa, sk-ecdsa
         curve = reader.cstring()
         if curve != blob_type.curve or curve != line_type.curve:
@@ -277,6 +280,8 @@ def read_key(text: str) -> PublicKey:
         raise KeyFormatError("no key: a key is a type, a space and base64")
     name = text[:end]
     line_type = KEY_TYPES.get(name)
+    if name in RETIRED_TYPES:
+        raise KeyFormatError(RETIRED_TYPES[name])
     if line_type is None:
         raise KeyFormatError(f"unknown key type {name[:60]!r}")
     start = _skip_space(text, end)
@@ -522,7 +527,7 @@ def parse_line(line: str, number: int = 0) -> KeyLine | BadLine | None:
     try:
         return KeyLine(number, line, Options(), read_key(cp))
     except KeyFormatError as exc:
-        if cp[: _token(cp, 0)] in KEY_TYPES:
+        if cp[: _token(cp, 0)] in KEY_TYPES or cp[: _token(cp, 0)] in RETIRED_TYPES:
             # A key type cannot be read as options either: sshd skips the line for this reason.
             return BadLine(number, line, str(exc))
     end = advance_past_options(cp)

@@ -54,8 +54,6 @@ def read_public_key(text: str) -> authkeys.PublicKey:
     key = parsed.key
     if key.key_type.cert:
         raise Refused(f"{key.type} is a certificate: give the plain public key")
-    if key.key_type.family == "dsa":
-        raise Refused("ssh-dss keys are refused by OpenSSH 7.0 and later: use ed25519")
     comment = key.comment.rstrip(" \t")
     if any(not ch.isprintable() for ch in comment.replace("\t", " ")):
         raise Refused("the key's comment holds control characters")

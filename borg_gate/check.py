@@ -388,7 +388,9 @@ def check_log_file(report: Report, cfg: Config, users: Sequence[User]) -> None:
         why = (
             f"owned by {owner_name(st.st_uid)}: the gates of {', '.join(foreign)} refuse it (root's or their own only)"
             if foreign
-            else f"{st.st_nlink} links" if st.st_nlink != 1 else "world-writable"
+            else f"{st.st_nlink} links"
+            if st.st_nlink != 1
+            else "world-writable"
         )
         report.add(WARNING, "log-file", f"log file {cfg.log_file}: {why}; their events are lost", where)
     for user in users:
@@ -625,8 +627,6 @@ class FileCheck:
         kt = key.key_type
         if kt.cert:
             self.add(WARNING, "key-type", f"{key.type} is a certificate, not a key", n)
-        elif kt.family == "dsa":
-            self.add(WARNING, "key-type", "ssh-dss keys are refused by OpenSSH (7.0+) unless re-enabled", n)
         elif (bits := key.rsa_bits) is not None and bits < 2048:
             self.add(WARNING, "key-type", f"RSA key of {bits} bits: use 3072+ or ed25519", n)
 

@@ -26,6 +26,11 @@ NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 BORG_ENV_RE: Final = re.compile(r"BORG_[A-Z0-9_]{1,64}")
 VERSION_RE: Final = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+((a|b|rc)[0-9]+)?(\.dev[0-9]+)?")
 MODES: Final = ("exec", "supervise")
+# BORG_* variables that would decide what a key may do: that is the key line's job alone.
+KEY_ONLY_ENV: Final = {
+    "BORG_REPO_PERMISSIONS": "would set every key's permissions (borg serve --rest reads it when"
+    " --permissions is absent); give a key --permissions or --append-only instead",
+}
 
 
 @dataclass(frozen=True)
@@ -261,6 +266,8 @@ def _borg_env(key: str, value: object) -> dict[str, str]:
     for name, val in value.items():
         if not BORG_ENV_RE.fullmatch(name):
             raise _Bad(f"{key}.{name}", "only BORG_* variables may be set")
+        if name in KEY_ONLY_ENV:
+            raise _Bad(f"{key}.{name}", KEY_ONLY_ENV[name])
         if not isinstance(val, str) or any(not ch.isprintable() for ch in val):
             raise _Bad(f"{key}.{name}", "must be a string without control characters")
         env[name] = val

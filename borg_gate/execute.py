@@ -15,6 +15,9 @@ from borg_gate.errors import misconfigured
 
 PASSED_ENV: Final = frozenset({"HOME", "USER", "LOGNAME", "PATH", "LANG", "TZ", "SSH_CONNECTION", "SSH_CLIENT"})
 DEFAULT_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
+# borg serve --rest (2.0b22+) takes its permissions from it when --permissions is absent, and
+# 2.0b18-b21's serve for every borg 2 repository: only the key line may say that (config refuses it).
+NEVER_PASSED: Final = frozenset({"BORG_REPO_PERMISSIONS"})
 
 
 def borg_environment(environ: Mapping[str, str], borg_env: Mapping[str, str]) -> dict[str, str]:
@@ -27,6 +30,8 @@ def borg_environment(environ: Mapping[str, str], borg_env: Mapping[str, str]) ->
     env = {k: v for k, v in environ.items() if k in PASSED_ENV or k.startswith("LC_")}
     env.setdefault("PATH", DEFAULT_PATH)
     env.update(borg_env)
+    for name in NEVER_PASSED:
+        env.pop(name, None)
     return env
 
 

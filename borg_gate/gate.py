@@ -14,7 +14,19 @@ import time
 from collections.abc import Mapping
 from typing import Final, NoReturn
 
-from borg_gate import command, config, confine, connection, execute, interrupt, keyopts, policy, slots, versions
+from borg_gate import (
+    command,
+    config,
+    confine,
+    connection,
+    execute,
+    interrupt,
+    keyopts,
+    policy,
+    reconnects,
+    slots,
+    versions,
+)
 from borg_gate.errors import Kind, Refusal, misconfigured
 from borg_gate.events import EventLog, log_dir_problem
 from borg_gate.interrupt import Interrupted
@@ -80,12 +92,20 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
         confine.check_backend(request.backend_path, plan.confinement)
 
         # 4. A session slot: the repository's (when known), the client's, then the host's; may
-        # queue until the deadline, and waits while root holds the host or the client.
+        # queue until the deadline (not again for a rest:// client's reconnect right after a
+        # deadline refusal), and waits while root holds the host or the client.
         repo = policy.queued_repository(request, plan.confinement)
         repo = os.path.realpath(repo) if repo is not None else None  # one queue however it is spelt
         session = slots.Session(client, conn.id, spec.path, restrictions, conn.unix_user)
-        held = slots.acquire(
-            cfg.state_dir, client, plan.budget, session, say=say, emit=log.emit, repo=repo, rest=request.rest
+        held = reconnects.acquire(
+            cfg.state_dir,
+            client,
+            conn.remote_ip,
+            rest=request.rest,
+            budget=plan.budget,
+            take=lambda budget: slots.acquire(
+                cfg.state_dir, client, budget, session, say=say, emit=log.emit, repo=repo, rest=request.rest
+            ),
         )
         log.emit(
             "session.started", waited=round(held.waited, 3), slots=held.slots, queues=held.queues, argv=list(plan.argv)

@@ -100,10 +100,14 @@ def confinement(key: KeyOptions, config: Config, client: str) -> Confinement:
 
 def permission_options(permission: Permission, borg: Borg, rest: bool) -> list[str]:
     """Translate the key's permission for this borg, or refuse: never silently weaker."""
+    feats = borg.features
+    if rest and feats.rest:
+        # Always stated, "all" too: without --permissions, serve --rest takes BORG_REPO_PERMISSIONS
+        # from its environment, and only the key may say what this connection may do.
+        return [f"--permissions={permission.value}"]
     if permission is Permission.ALL:
         return []
-    feats = borg.features
-    if feats.permissions and (rest or feats.permissions_legacy_serve):
+    if feats.permissions and feats.permissions_legacy_serve:
         return [f"--permissions={permission.value}"]
     if permission is Permission.NO_DELETE and feats.append_only:
         return ["--append-only"]
@@ -131,9 +135,13 @@ def serve_argv(request: ClientRequest, borg: Borg, where: Confinement, key: KeyO
         raise not_allowed(f"{borg.spec.name} (borg {borg.version}) does not serve rest:// repositories")
     if not where:
         raise misconfigured("refusing an unconfined borg serve")
+    # The gate says which protocol itself: a borg whose serve has --legacy (borg #9766) serves
+    # rest:// by default, every other one legacy; the client's words decide nothing here.
+    mode = ["--legacy"] if borg.legacy_option and not request.rest else []
     return (
         borg.spec.path,
         "serve",
+        *mode,
         *request.serve_options(),
         *where.options(),
         *permission_options(key.permission, borg, request.rest),

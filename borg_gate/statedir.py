@@ -135,3 +135,48 @@ def open_file(dir_fd: int, name: str, *, create: bool = True, exclusive: bool = 
 def own_file(st: os.stat_result) -> bool:
     """This user's own regular file with one name: nobody else can have planted or linked it."""
     return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1
+
+
+OWN_MODE: Final = 0o644  # a user's own file: nobody else may write it (a shared one could be poisoned)
+
+
+def read_own(dir_fd: int, name: str, max_bytes: int) -> bytes | None:
+    """This user's own file in the shared dir, or None when it is anything else.
+
+    Believed only when it is a regular file with one link, owned by this user and writable
+    by nobody else: another member of the group could otherwise plant or rewrite it. Absent,
+    unreadable, too big or foreign: None, and the caller goes on as if it had no memory.
+    """
+    try:
+        fd = open_file(dir_fd, name, create=False)  # O_NOFOLLOW|O_NONBLOCK, regular files only
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or st.st_nlink != 1:
+            return None
+        raw = os.read(fd, max_bytes + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return raw if len(raw) <= max_bytes else None
+
+
+def write_own(dir_fd: int, name: str, data: bytes) -> None:
+    """Replace this user's own file atomically (O_EXCL temp file, rename); best effort, never raises."""
+    import contextlib
+
+    tmp = f"{name}.{os.getpid()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, OWN_MODE, dir_fd=dir_fd)
+        try:
+            os.fchmod(fd, OWN_MODE)  # the gate's umask 007 would leave it group-writable, and so ignored
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)

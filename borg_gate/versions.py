@@ -19,11 +19,10 @@ binary serving keys with restricted permissions.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -33,7 +32,6 @@ from borg_gate.errors import Refusal, misconfigured, shown
 
 VERSION_RE: Final = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)(?:(a|b|rc)([0-9]+))?(?:\.dev([0-9]+))?")
 MAX_CACHE_BYTES: Final = 1 << 16  # a few hundred binaries; anything bigger is not a cache the gate wrote
-CACHE_MODE: Final = 0o644  # the user's own: nobody else may write it (a shared cache could be poisoned)
 PRE_RANK: Final = {"a": 0, "b": 1, "rc": 2, None: 3}
 DEV_RANK: Final = -1  # X.Y.Z.devN comes before X.Y.Za0 (PEP 440)
 NOT_DEV: Final = 1 << 62  # a release sorts after all of its .devN builds
@@ -80,6 +78,11 @@ class ServeFeatures:
     rest: bool  # 2.0.0b22+: --rest --backend FILE:<path>, where --permissions binds every repository
 
 
+# Every borg serve up to this version was read in borg's source: none has --legacy, all serve legacy
+# (RPC) unless given --rest. A newer one is asked once (serve --help) whether it needs --legacy.
+NEWEST_CHECKED: Final = _v("2.0.0b25")
+
+
 def features(version: BorgVersion) -> ServeFeatures:
     legacy_options = version < _v("2.0.0b10")
     return ServeFeatures(
@@ -97,6 +100,8 @@ class Borg:
 
     spec: BinarySpec
     version: BorgVersion
+    # serve has --legacy (borg #9766 proposes it, with --rest the default): the gate must say legacy itself
+    legacy_option: bool = False
 
     @property
     def features(self) -> ServeFeatures:
@@ -107,13 +112,13 @@ def _identity(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
-def detect_version(path: str) -> BorgVersion:
-    """Ask the binary itself. stdin is /dev/null: the client's first request is not ours to read."""
+def _ask(path: str, *args: str) -> tuple[int, bytes, bytes]:
+    """Run the binary once. stdin is /dev/null: the client's first request is not ours to read."""
     import subprocess  # here, not at the top: only a detection (new or upgraded binary) pays for it
 
     try:
         out = subprocess.run(
-            [path, "--version"],
+            [path, *args],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=60,
@@ -121,8 +126,14 @@ def detect_version(path: str) -> BorgVersion:
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": os.environ.get("HOME", "/")},
         )
     except (OSError, subprocess.SubprocessError) as exc:
-        raise misconfigured(f"borg binary {path}: cannot run --version: {exc}") from None
-    text = out.stdout.decode("utf-8", "replace") + out.stderr.decode("utf-8", "replace")
+        raise misconfigured(f"borg binary {path}: cannot run {' '.join(args)}: {exc}") from None
+    return out.returncode, out.stdout, out.stderr
+
+
+def detect_version(path: str) -> BorgVersion:
+    """Ask the binary itself."""
+    _, stdout, stderr = _ask(path, "--version")
+    text = stdout.decode("utf-8", "replace") + stderr.decode("utf-8", "replace")
     try:
         return BorgVersion.parse(text)
     except ValueError:
@@ -136,20 +147,8 @@ def cache_name(uid: int | None = None) -> str:
 
 def _read_cache(dir_fd: int, name: str) -> dict[str, dict[str, str]]:
     """The cache, or {} when it is absent, unreadable, not JSON, or not a file only this user can write."""
-    try:
-        fd = statedir.open_file(dir_fd, name, create=False)  # O_NOFOLLOW|O_NONBLOCK, regular files only
-    except OSError:
-        return {}
-    try:
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or st.st_nlink != 1:
-            return {}  # another's, writable by others, or a second name (hard link) of another file
-        raw = os.read(fd, MAX_CACHE_BYTES + 1)
-    except OSError:
-        return {}
-    finally:
-        os.close(fd)
-    if len(raw) > MAX_CACHE_BYTES:
+    raw = statedir.read_own(dir_fd, name, MAX_CACHE_BYTES)
+    if raw is None:
         return {}
     try:
         data = json.loads(raw)
@@ -160,42 +159,50 @@ def _read_cache(dir_fd: int, name: str) -> dict[str, dict[str, str]]:
 
 def _write_cache(dir_fd: int, name: str, cache: dict[str, dict[str, str]]) -> None:
     # Best effort: a cache we cannot write only costs the next connection a --version.
-    tmp = f"{name}.{os.getpid()}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(tmp, flags, CACHE_MODE, dir_fd=dir_fd)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fd, CACHE_MODE)  # the gate's umask 007 would leave it group-writable, and so ignored
-            json.dump(cache, fh, indent=1, sort_keys=True)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
+    statedir.write_own(dir_fd, name, json.dumps(cache, indent=1, sort_keys=True).encode("utf-8"))
 
 
-def _cached(spec: BinarySpec, identity: str, state_dir: str) -> BorgVersion:
-    """Detect once per identity, through this user's cache when the state dir can be used."""
+def _cached(spec: BinarySpec, identity: str, state_dir: str, field: str, compute: Callable[[], str]) -> str:
+    """One fact about a binary, found once per identity, through this user's cache when the state dir can be used."""
     try:
         dir_fd = statedir.open_dir(state_dir, create=False)
-    except (OSError, Refusal):  # missing or unsafe: the slots refuse an unsafe one; this only costs a --version
-        return detect_version(spec.path)
+    except (OSError, Refusal):  # missing or unsafe: the slots refuse an unsafe one; this only costs a probe
+        return compute()
     try:
         name = cache_name()
         cache = _read_cache(dir_fd, name)
         entry = cache.get(spec.path)
-        if isinstance(entry, dict) and entry.get("identity") == identity:
-            with contextlib.suppress(ValueError):
-                return BorgVersion.parse(str(entry.get("version", "")))
-        version = detect_version(spec.path)
-        cache[spec.path] = {"identity": identity, "version": version.text}
+        if not isinstance(entry, dict) or entry.get("identity") != identity:
+            entry = {"identity": identity}
+        value = entry.get(field)
+        if isinstance(value, str):
+            return value
+        value = compute()
+        cache[spec.path] = {**entry, field: value}
         _write_cache(dir_fd, name, cache)
-        return version
+        return value
     finally:
         os.close(dir_fd)
 
 
+def detect_legacy_option(path: str) -> bool:
+    """Whether this borg's serve has ``--legacy``, i.e. may serve rest:// unless told otherwise (borg #9766)."""
+    code, stdout, _ = _ask(path, "serve", "--help")  # only a borg newer than the gate knows pays, once
+    if code != 0:
+        raise misconfigured(f"borg binary {path}: serve --help exited {code}")
+    return re.search(rb"(?<![\w-])--legacy(?![\w-])", stdout) is not None
+
+
+def _version(spec: BinarySpec, identity: str, state_dir: str) -> BorgVersion:
+    text = _cached(spec, identity, state_dir, "version", lambda: detect_version(spec.path).text)
+    try:
+        return BorgVersion.parse(text)
+    except ValueError:  # not what the gate wrote: ask the binary itself
+        return detect_version(spec.path)
+
+
 def resolve(spec: BinarySpec, state_dir: str) -> Borg:
-    """The binary with its version: stated in the config, cached, or detected now."""
+    """The binary with its version (stated in the config, cached, or detected now) and its serve's modes."""
     try:
         st = os.stat(spec.path)
     except OSError as exc:
@@ -205,6 +212,9 @@ def resolve(spec: BinarySpec, state_dir: str) -> Borg:
     problem = untrusted(st)  # the stat just taken: no extra system call
     if problem is not None:
         raise misconfigured(f"borg binary {spec.name} = {spec.path}: {problem}")
-    if spec.version is not None:
-        return Borg(spec, BorgVersion.parse(spec.version))
-    return Borg(spec, _cached(spec, _identity(st), state_dir))
+    identity = _identity(st)
+    version = BorgVersion.parse(spec.version) if spec.version is not None else _version(spec, identity, state_dir)
+    legacy = version > NEWEST_CHECKED and (
+        _cached(spec, identity, state_dir, "legacy_option", lambda: str(detect_legacy_option(spec.path))) == "True"
+    )
+    return Borg(spec, version, legacy_option=legacy)

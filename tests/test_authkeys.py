@@ -1,4 +1,4 @@
-"""authorized_keys lines read as sshd 9.2 reads them, and command= split as sh and bash split it.
+"""authorized_keys lines read as sshd 10 reads them (and 9.2, but for DSA), and command= split as sh and bash split it.
 
 Keys come from ssh-keygen; fingerprints are compared with ssh-keygen -l. The shell is checked
 against the real /bin/sh (dash) and /bin/bash: whatever split_command accepts, they run as the
@@ -19,14 +19,15 @@ from hypothesis import strategies as st
 
 from borg_gate import authkeys
 from borg_gate.authkeys import BadLine, KeyLine, parse_file, parse_line
+from tests import platform_facts
+from tests.sshkeys import dsa_line
 
-KEYGEN_TYPES = {
+KEYGEN_TYPES = {  # ssh-keygen arguments; DSA is gone from OpenSSH 10 (tests/sshkeys.dsa_line builds one)
     "ed25519": ["-t", "ed25519"],
     "rsa": ["-t", "rsa", "-b", "2048"],
     "ecdsa256": ["-t", "ecdsa", "-b", "256"],
     "ecdsa384": ["-t", "ecdsa", "-b", "384"],
     "ecdsa521": ["-t", "ecdsa", "-b", "521"],
-    "dsa": ["-t", "dsa"],
 }
 
 
@@ -67,6 +68,20 @@ def test_every_keygen_type_parses_with_keygens_fingerprint(keys: dict[str, str],
     listed = subprocess.run(["ssh-keygen", "-lf", str(pub)], check=True, capture_output=True, text=True).stdout
     assert listed.split()[1] == kl.key.fingerprint
     assert kl.key.render() == keys[name]
+
+
+def test_key_types_are_the_installed_opensshs() -> None:
+    """Every type this OpenSSH lists (ssh -Q key) is read; DSA only where OpenSSH still has it (< 10)."""
+    listed = platform_facts.ssh_key_types()
+    assert {"ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256"} <= set(authkeys.KEY_TYPES)
+    assert listed - {"ssh-dss", "ssh-dss-cert-v01@openssh.com"} <= set(authkeys.KEY_TYPES)
+    assert ("ssh-dss" in listed) == (float(platform_facts.sshd_version()) < 10), platform_facts.sshd_version()
+
+
+@pytest.mark.parametrize("options", ["", 'command="borg-gate --client a",restrict '])
+def test_dsa_line_is_unusable_as_on_sshd_10(options: str) -> None:
+    line = badline(options + dsa_line())
+    assert "DSA key (ssh-dss): OpenSSH 10 cannot read DSA keys" in line.reason
 
 
 def test_rsa_signature_names_are_rsa_key_types(keys: dict[str, str]) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from borg_gate import authkeys, authorize, keyopts
 from borg_gate.authkeys import KeyLine
+from tests.sshkeys import dsa_line
 
 GATE = str(Path(sys.executable).with_name("borg-gate"))
 
@@ -31,7 +32,6 @@ def keydir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "ed3": ["-t", "ed25519"],
         "rsa": ["-t", "rsa", "-b", "3072"],
         "ecdsa": ["-t", "ecdsa"],
-        "dsa": ["-t", "dsa"],
         "ca": ["-t", "ed25519"],
     }.items():
         subprocess.run(["ssh-keygen", "-q", *args, "-N", "", "-C", f"{name}@host", "-f", str(d / name)], check=True)
@@ -155,7 +155,7 @@ def hostile_inputs(keydir: Path) -> dict[str, tuple[str, str]]:
         "type mismatch": (f"ssh-ed25519 {rsa_b64} x", "holds a ssh-rsa key, the line says ssh-ed25519"),
         "unknown type": (f"ssh-foo {b64}", "not a public key"),
         "certificate": ((keydir / "ed-cert.pub").read_text(), "certificate"),
-        "dsa": (pub(keydir, "dsa"), "ssh-dss"),
+        "dsa": (dsa_line(), "DSA key (ssh-dss): OpenSSH 10 cannot read DSA keys"),
         "nul": (f"{ed}\0junk", "NUL"),
         "control char in comment": (f"{typ} {b64} a\x1b[2Jb", "control characters"),
         "huge": (f"{ed} {'x' * 70000}", "over 65536 bytes"),

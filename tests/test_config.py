@@ -241,6 +241,12 @@ def test_borg_env_only_borg_variables_as_strings(body: str, key: str) -> None:
     assert bad(f"[borg.env]\n{body}\n").reason.startswith(f"config {SOURCE}:2: {key}: ")
 
 
+def test_borg_repo_permissions_is_the_key_lines_alone() -> None:
+    """borg serve --rest takes BORG_REPO_PERMISSIONS when --permissions is absent: never from the config."""
+    reason = bad('[borg.env]\nBORG_REPO_PERMISSIONS = "all"\n').reason
+    assert reason.startswith(f"config {SOURCE}:2: borg.env.BORG_REPO_PERMISSIONS: would set every key's permissions")
+
+
 def test_umask_as_a_bare_integer_is_refused() -> None:
     """TOML ``umask = 77`` is decimal 77 = 0o115: group-writable, world-readable files. Only strings."""
     reason = bad("[gate]\numask = 77\n").reason

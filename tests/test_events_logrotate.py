@@ -61,9 +61,9 @@ def test_rotation_while_gates_write(tmp_path: Path) -> None:
             rotations += 1
         assert [p.wait(timeout=120) for p in procs] == [0] * PER_WAVE
         pids += [p.pid for p in procs]
-    rotated = sorted(p.name for p in tmp_path.glob("gate.jsonl-*"))
+    rotated = sorted(p.name for p in host.log_file.parent.glob("gate.jsonl-*"))
     assert len(rotated) == rotations and any(name.endswith(".gz") for name in rotated)  # delaycompress, then gzip
     assert host.log_file.stat().st_mode & 0o777 == 0o660  # re-created for every backup user to append
-    records = [json.loads(line) for line in all_lines(tmp_path, "gate.jsonl")]
+    records = [json.loads(line) for line in all_lines(host.log_file.parent, "gate.jsonl")]
     started = [r for r in records if r["event"] == "session.started"]
     assert sorted(r["pid"] for r in started) == sorted(pids)  # every connection's line, in one file or another

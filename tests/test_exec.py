@@ -62,6 +62,12 @@ ARGV_CASES = [
         "borg22",
         ["--rest", "--backend=FILE:{repos}/alice/repo", "--restrict-to-path={repos}/alice", "--permissions=no-delete"],
     ),
+    (  # "all" is stated too: serve --rest would otherwise take BORG_REPO_PERMISSIONS from its environment
+        "borg serve --rest --backend FILE:{repos}/alice/repo",
+        ["--borg", "borg22"],
+        "borg22",
+        ["--rest", "--backend=FILE:{repos}/alice/repo", "--restrict-to-path={repos}/alice", "--permissions=all"],
+    ),
 ]
 
 
@@ -71,6 +77,33 @@ def test_argv_is_exact(host: Host, command: str, key_args: list[str], binary: st
     repos = str(host.repos)
     record = served(host.run(command.replace("{repos}", repos), ["--client", "alice", *key_args]))
     assert record["argv"] == [str(host.binary(binary)), "serve", *(a.replace("{repos}", repos) for a in rest)]
+
+
+REST_DEFAULT_HELP = """usage: borg serve [--legacy] [--backend BACKEND_URL] [--restrict-to-path PATH]
+  --legacy    serve a legacy (borg 1.x) repository over the legacy RPC protocol
+"""
+
+
+@pytest.mark.parametrize("legacy_option", [True, False])
+def test_gate_states_rest_or_legacy_itself(tmp_path: Path, legacy_option: bool) -> None:
+    """borg #9766 would make rest serve's default and add --legacy: both kinds of borg get what the client needs.
+
+    A borg newer than the gate knows (2.0.0b26 here) is asked once whether its serve has
+    --legacy (the answer is cached); up to 2.0.0b25, read in borg's source, it is never asked.
+    """
+    host = Host(tmp_path / "host", binaries={"borg": "2.0.0b26", "old": "2.0.0b25"})
+    if legacy_option:
+        (host.bin_dir("borg") / "SERVE_HELP").write_text(REST_DEFAULT_HELP)
+    (host.repos / "alice").mkdir(parents=True)
+    repos = str(host.repos)
+    legacy = served(host.run("borg serve --info", ["--client", "alice"]))
+    rest = served(host.run(f"borg serve --rest --backend FILE:{repos}/alice/r", ["--client", "alice"]))
+    assert legacy["argv"][1:3] == (["serve", "--legacy"] if legacy_option else ["serve", "--info"])
+    assert rest["argv"][1:3] == ["serve", "--rest"] and "--legacy" not in rest["argv"]
+    assert len((host.bin_dir("borg") / "help-calls").read_text().splitlines()) == 1  # cached per binary
+    old = served(host.run("old serve", ["--client", "alice"]))
+    assert old["argv"][1:] == ["serve", f"--restrict-to-path={repos}/alice"]
+    assert not (host.bin_dir("old") / "help-calls").exists()
 
 
 def test_session_started_event_names_the_argv(host: Host) -> None:

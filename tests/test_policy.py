@@ -2,7 +2,8 @@
 
 Tables pin the translation per borg version (permissions, quota, rest); the property
 builds random key lines, configs and client commands, and checks every accepted argv
-with the real argument parser of borg 1.2.4, 1.4.5, 2.0.0b5 and 2.0.0b22: it must parse
+with the real argument parser of Debian's borg and borg2 and the PyPI borgs built here
+(1.4.5, 2.0.0b22, and 2.0.0b25 where OpenSSL allows): it must parse
 as ``serve``, with exactly the key's confinement, permission and quota, the binary from
 the config, and from the client nothing but its vetted log options (and, in rest mode,
 its backend). An independent oracle says what should be accepted.
@@ -24,6 +25,7 @@ from borg_gate.config import BinarySpec, Config, parse_config
 from borg_gate.errors import Kind, Refusal
 from borg_gate.keyopts import KeyOptions, Permission, parse_key_options
 from borg_gate.versions import Borg, BorgVersion
+from tests import platform_facts
 from tests.recorder.grammar import VERSIONS, Grammar
 
 
@@ -87,8 +89,10 @@ def test_permission_translation(version: str, rest: bool, permission: Permission
 
 @pytest.mark.parametrize("version", ["1.2.4", "2.0.0b5", "2.0.0b18", "2.0.0b22"])
 @pytest.mark.parametrize("rest", [False, True])
-def test_permission_all_adds_nothing(version: str, rest: bool) -> None:
-    assert policy.permission_options(Permission.ALL, borg(version), rest) == []
+def test_permission_all_adds_nothing_but_is_stated_to_rest_serve(version: str, rest: bool) -> None:
+    """serve --rest without --permissions would take BORG_REPO_PERMISSIONS: the gate always says it."""
+    stated = ["--permissions=all"] if rest and version == "2.0.0b22" else []
+    assert policy.permission_options(Permission.ALL, borg(version), rest) == stated
 
 
 @pytest.mark.parametrize(
@@ -230,10 +234,9 @@ def grammars() -> Iterator[dict[str, Grammar]]:
 
 
 BINARIES = {  # name a client may ask for -> version of the binary serving it
-    "borg": "1.2.4",
-    "borg2": "2.0.0b5",
-    "borg-1.4": "1.4.5",
-    "borg22": "2.0.0b22",
+    "borg": platform_facts.debian_borg(),
+    "borg2": platform_facts.debian_borg2(),
+    **{f"pypi-{v}": v for v in platform_facts.pypi_versions()},
 }
 
 
@@ -273,10 +276,10 @@ def oracle(request: ClientRequest, key: KeyOptions, cfg: Config, client: str) ->
     else:
         return None
     append_only, permissions = False, None
-    if key.permission is not Permission.ALL:
-        if version >= B22 and request.rest:
-            permissions = key.permission.value
-        elif version < B10 and key.permission is Permission.NO_DELETE:
+    if version >= B22 and request.rest:
+        permissions = key.permission.value  # stated even when "all"
+    elif key.permission is not Permission.ALL:
+        if version < B10 and key.permission is Permission.NO_DELETE:
             append_only = True
         else:
             return None
@@ -318,7 +321,7 @@ commands = st.builds(
         [*prefix, program, "serve", *opts, *(["--rest", "--backend", rest] if rest else [])]
     ),
     st.sampled_from([[], ["BORG_HOSTNAME_IS_UNIQUE=no"], ["LD_PRELOAD=/x.so", "PATH=/tmp"]]),
-    st.sampled_from(["borg", "borg2", "borg-1.4", "borg22", "/usr/local/bin/borg", "/tmp/evil/borg22", "borg3"]),
+    st.sampled_from(["borg", "borg2", *sorted(BINARIES), "/usr/local/bin/borg", "/tmp/evil/pypi-2.0.0b22", "borg3"]),
     client_options,
     st.one_of(st.none(), st.sampled_from(["FILE:/srv/borg/alice/repo", "FILE:/srv/shared/x", "FILE:/etc"])),
 )

@@ -18,6 +18,7 @@ from borg_gate import versions
 from borg_gate.config import BinarySpec
 from borg_gate.errors import Kind, Refusal
 from borg_gate.versions import Borg, BorgVersion, features, resolve
+from tests import platform_facts
 from tests.recorder import RECORDER
 from tests.recorder.grammar import VERSIONS, built_borg
 
@@ -263,7 +264,8 @@ def test_subprocess_is_imported_only_to_detect(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_real_borgs_are_detected(tmp_path: Path, version: str) -> None:
-    path = {"1.2.4": Path("/usr/bin/borg"), "2.0.0b5": Path("/usr/bin/borg2")}.get(version)
+    debian = {platform_facts.debian_borg(): platform_facts.BORG1, platform_facts.debian_borg2(): platform_facts.BORG2}
+    path = Path(debian[version]) if version in debian else None
     binary = path or built_borg(version)
     assert resolve(spec(binary), str(tmp_path)).version == v(version)
     assert versions.detect_version(str(binary)) == v(version)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shlex
 import shutil
@@ -31,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.eventlog import read_events
+from tests import platform_facts
+from tests.testhost import GateHost
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/borg-gate-tests")  # world-readable; reused between runs on one machine
@@ -39,8 +39,8 @@ USERS = ("bgate-a", "bgate-b", "bgate-c")
 GROUP = "bgate-e2e"
 SSHD = "/usr/sbin/sshd"
 SYSTEM_PYTHON = "/usr/bin/python3"
-BORG1 = "/usr/bin/borg"
-BORG2 = "/usr/bin/borg2"
+BORG1 = platform_facts.BORG1
+BORG2 = platform_facts.BORG2
 
 
 def run(cmd: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -108,6 +108,11 @@ def install_gate(base: Path) -> Path:
 # --------------------------------------------------------------------------- sshd
 
 
+def has_penalties() -> bool:
+    """PerSourcePenalties came with OpenSSH 9.8 (Debian 13's 10.0 has it, Debian 12's 9.2 not)."""
+    return float(platform_facts.sshd_version()) >= 9.8
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -130,9 +135,14 @@ class Sshd:
     def log_path(self) -> Path:
         return self.base / "sshd.log"
 
-    def start(self, extra_config: str = "", *, leading_config: str = "") -> None:
+    def start(self, extra_config: str = "", *, leading_config: str = "", penalties: bool = False) -> None:
         """Start listening. ``leading_config`` goes first, where it wins over the defaults below
-        (for each keyword sshd keeps the first value it reads); ``extra_config`` goes last."""
+        (for each keyword sshd keeps the first value it reads); ``extra_config`` goes last.
+        ``penalties``: keep sshd 9.8+'s PerSourcePenalties as shipped.
+
+        Every test client comes from 127.0.0.1, so the suite's own auth failures (keys that are
+        refused on purpose) would lock all later tests out: the shared sshd exempts loopback.
+        """
         self.base.mkdir(parents=True, exist_ok=True)
         self.keys_dir.mkdir(exist_ok=True)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
@@ -161,6 +171,7 @@ class Sshd:
                     "MaxSessions 50",
                     "LogLevel VERBOSE",
                     f"AllowUsers {' '.join(USERS)}",
+                    *([] if penalties or not has_penalties() else ["PerSourcePenaltyExemptList 127.0.0.1"]),
                     extra_config,
                     "",
                 ]
@@ -239,30 +250,12 @@ def ssh_options(key: ClientKey) -> list[str]:
 
 
 @dataclass
-class Site:
-    """One backup host's server side: config, state dir, log, repos root, authorized_keys."""
+class Site(GateHost):
+    """One backup host's server side (tests/testhost.GateHost) behind a private sshd, with its client keys."""
 
-    sshd: Sshd
-    gate: Path
-    root: Path
+    sshd: Sshd = field(kw_only=True)
+    gate: Path = field(kw_only=True)
     keys: dict[str, ClientKey] = field(default_factory=dict)
-
-    # ---- paths
-    @property
-    def config_path(self) -> Path:
-        return self.root / "config.toml"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / "state"
-
-    @property
-    def log_file(self) -> Path:
-        return self.root / "log" / "gate.jsonl"
-
-    @property
-    def repos(self) -> Path:
-        return self.root / "repos"
 
     def setup(self) -> None:
         """Directories as packaging/ lays them out: shared by the test users through a group."""
@@ -290,24 +283,13 @@ class Site:
         d.chmod(0o700)
         return d
 
-    def write_config(self, text: str | None = None, **sections: Mapping[str, Any]) -> None:
-        """Write config.toml: the site's paths plus ``sections`` overriding/adding keys."""
-        if text is None:
-            merged: dict[str, dict[str, Any]] = {
-                "gate": {"state_dir": str(self.state_dir), "log_file": str(self.log_file)},
-                "limits": {"max_sessions": 8, "max_sessions_per_client": 4, "wait": 60},
-                "repos": {"root": str(self.repos / "{client}")},
-                "borg": {"default": "borg"},
-                "borg.binaries": {"borg": BORG1, "borg2": BORG2},
-            }
-            for name, values in sections.items():
-                merged.setdefault(name.replace("__", "."), {}).update(values)
-            text = "".join(
-                f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items()) + "\n"
-                for name, values in merged.items()
-            )
-        self.config_path.write_text(text)
-        self.config_path.chmod(0o644)
+    def sections(self) -> dict[str, dict[str, Any]]:
+        return {
+            **super().sections(),
+            "limits": {"max_sessions": 8, "max_sessions_per_client": 4, "wait": 60},
+            "borg": {"default": "borg"},
+            "borg.binaries": {"borg": BORG1, "borg2": BORG2},
+        }
 
     # ---- keys
     def key(self, name: str) -> ClientKey:
@@ -329,10 +311,6 @@ class Site:
 
     def repo_url(self, user: str, path: str | Path, scheme: str = "ssh") -> str:
         return f"{scheme}://{user}@127.0.0.1:{self.sshd.port}{path}"
-
-    # ---- what the gate logged
-    def events(self, event: str | None = None) -> list[dict[str, Any]]:
-        return read_events(self.log_file, event)
 
     # ---- client
     def borg(
@@ -375,18 +353,6 @@ class Site:
             cmd.append(command)
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
         return Result(cmd, p.returncode, p.stdout, p.stderr)
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    raise TypeError(value)
 
 
 def make_tree(path: Path, files: int = 20) -> Path:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from borg_gate import authkeys
+from tests import platform_facts
+from tests.borg_cli import Cli
 from tests.e2e import harness
 from tests.e2e.harness import ClientKey, Site
 
@@ -56,9 +58,10 @@ def test_installed_lines_give_working_borg_sessions(site: Site, tmp_path: Path) 
     assert site.borg(["list", "--short", repo], alice).check().stdout.split() == ["one"]
 
     b2 = {"borg": harness.BORG2}
-    repo2 = site.repo_url(USER, bob_repos / "main")
-    site.borg(["-r", repo2, "rcreate", "--encryption=none"], bob, **b2).check()
-    site.borg(["-r", repo2, "create", "one", str(src)], bob, **b2).check()
+    cli = Cli(platform_facts.debian_borg2())
+    repo2 = cli.url(f"{USER}@127.0.0.1:{site.sshd.port}", bob_repos / "main")
+    site.borg(cli.init(repo2), bob, **b2).check()
+    site.borg(cli.create(repo2, "one", str(src)), bob, **b2).check()
 
     # the same key again with other options: replaced in place, and sshd uses the new line at once
     replaced = authorize(site, alice, "--client", "alice", "--append-only")

@@ -21,7 +21,7 @@ from subprocess import Popen
 from typing import Any
 
 from borg_gate.errors import Kind
-from tests.eventlog import read_events
+from tests.testhost import GateHost
 
 RECORDER = Path(__file__).with_name("borg")
 GATE = [sys.executable, "-m", "borg_gate"]
@@ -65,10 +65,9 @@ class Outcome:
 
 
 @dataclass
-class Host:
-    """A backup host in ``root``: config, state dir, log and a recorder standing in for borg."""
+class Host(GateHost):
+    """A backup host in ``root`` (tests/testhost.GateHost) with a recorder standing in for each borg."""
 
-    root: Path
     binaries: dict[str, str] = field(default_factory=lambda: {"borg": "1.2.4"})  # name -> stated version
     repos_root: str | None = None
     gate: dict[str, str] = field(default_factory=dict)  # more [gate] keys, e.g. umask
@@ -78,28 +77,13 @@ class Host:
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(exist_ok=True)
+        self.log_file.parent.mkdir(exist_ok=True)
         for name in self.binaries:
             self.bin_dir(name).mkdir(parents=True, exist_ok=True)
             target = self.binary(name)
             if not target.exists():
                 shutil.copy2(RECORDER, target)
         self.write_config()
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / "state"
-
-    @property
-    def log_file(self) -> Path:
-        return self.root / "gate.jsonl"
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / "config.toml"
-
-    @property
-    def repos(self) -> Path:
-        return self.root / "repos"
 
     def bin_dir(self, name: str) -> Path:
         return self.root / "bin" / name
@@ -110,21 +94,20 @@ class Host:
     def record_path(self, name: str) -> Path:
         return self.bin_dir(name) / "record.json"
 
-    def write_config(self) -> None:
-        root = self.repos_root if self.repos_root is not None else f"{self.repos}/{{client}}"
-        gate = {"state_dir": str(self.state_dir), "log_file": str(self.log_file), **self.gate}
-        lines = ["[gate]", *(f"{k} = {json.dumps(v)}" for k, v in gate.items())]
-        lines += ["[limits]", *(f"{k} = {json.dumps(v)}" for k, v in self.limits.items())]
-        lines += ["[repos]", f"root = {json.dumps(root)}"]
-        lines += ["[borg]", f"default = {json.dumps(next(iter(self.binaries)))}", "[borg.binaries]"]
-        for name, version in self.binaries.items():
-            path = json.dumps(str(self.binary(name)))
-            lines.append(f'"{name}" = {{ path = {path}, version = "{version}" }}' if version else f'"{name}" = {path}')
-        lines += ["[borg.env]", *(f"{k} = {json.dumps(v)}" for k, v in self.borg_env.items())]
-        self.config_path.write_text("\n".join(lines) + "\n")
-
-    def events(self) -> list[dict[str, Any]]:
-        return read_events(self.log_file)
+    def sections(self) -> dict[str, dict[str, Any]]:
+        base = super().sections()
+        binaries: dict[str, Any] = {
+            name: {"path": str(self.binary(name)), "version": version} if version else str(self.binary(name))
+            for name, version in self.binaries.items()
+        }
+        return {
+            "gate": {**base["gate"], **self.gate},
+            "limits": dict(self.limits),
+            "repos": {"root": self.repos_root} if self.repos_root is not None else base["repos"],
+            "borg": {"default": next(iter(self.binaries))},
+            "borg.binaries": binaries,
+            "borg.env": dict(self.borg_env),
+        }
 
     def run(
         self,

@@ -1,8 +1,8 @@
 """The target borg's real command-line grammar, for checking the argv the gate builds.
 
 A ``Grammar`` is one long-running parser process per borg version (see borg_parse.py):
-borg 1.2.4 and 2.0.0b5 from Debian, 1.4.5 and 2.0.0b22 built from PyPI source by
-tests/borgs/build (cached; built on first use).
+Debian's own borg and borg2 (whatever this platform installed), and the PyPI versions
+tests/borgs/build makes here (cached; built on first use).
 """
 
 from __future__ import annotations
@@ -13,16 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests import platform_facts
+
 HERE = Path(__file__).parent
 BUILD = HERE.parent / "borgs" / "build"
-SYSTEM_PYTHON = "/usr/bin/python3"
+SYSTEM_PYTHON = platform_facts.SYSTEM_PYTHON
 
-# version -> (interpreter, extra sys.path entry); None interpreter: built by tests/borgs/build
+# version -> (interpreter, extra sys.path entry) of Debian's borgs; the others are built by tests/borgs/build
 DEBIAN: dict[str, tuple[str, str]] = {
-    "1.2.4": (SYSTEM_PYTHON, ""),
-    "2.0.0b5": (SYSTEM_PYTHON, "/usr/lib/borgbackup2"),
+    platform_facts.debian_borg(): (SYSTEM_PYTHON, ""),
+    platform_facts.debian_borg2(): (SYSTEM_PYTHON, platform_facts.borg2_sys_path()),
 }
-BUILT = ("1.4.5", "2.0.0b22")
+BUILT = tuple(v for v in platform_facts.pypi_versions() if v not in DEBIAN)
 VERSIONS = (*DEBIAN, *BUILT)
 
 

@@ -1,0 +1,55 @@
+"""The gate copy the test venv holds must be this tree's: other unix users run it.
+
+scripts/setup makes the test venv in a world-readable place and installs the gate into it as
+a copy, not editable: an editable install points back into the checkout, which sshd's and the
+slot tests' unix users cannot read when it lies under /root (``No module named borg_gate``).
+Tests import the working tree themselves (pytest puts the checkout first on sys.path); the
+gates they start as other processes import the copy, so a stale copy is replaced before the
+session starts.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def stale_files() -> list[str]:
+    """The borg_gate files whose installed copy differs from the working tree's."""
+    installed = Path(sysconfig.get_paths()["purelib"]) / "borg_gate"
+    tree = REPO_ROOT / "borg_gate"
+    names = {p.name for p in tree.glob("*.py")} | {p.name for p in installed.glob("*.py")}
+    return sorted(
+        n
+        for n in names
+        if not (tree / n).exists()
+        or not (installed / n).exists()
+        or (tree / n).read_bytes() != (installed / n).read_bytes()
+    )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if sys.prefix == sys.base_prefix:
+        return  # not the test venv (a system pytest): nothing of ours to refresh
+    if stale_files():
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--force-reinstall",
+                str(REPO_ROOT),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
