@@ -45,6 +45,9 @@ def borg22() -> str:
     return path
 
 
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKOeLIIMLFtASLbfjaMBmgacNZdzYVxdPmQ9st8jHngx test@client"
+
+
 def repos_json(site: Site, user: str | None = None) -> dict[str, Any]:
     out = admin(site, "repos", "--json", user=user)
     assert out.returncode == 0, out.stderr
@@ -211,10 +214,18 @@ def test_real_backups_show_in_repos_metrics_and_node_exporter(
     assert samples[("borg_gate_sessions_started_total", (("client", "bob"),))] >= 5
     assert ("node_textfile_scrape_error", ()) in samples and samples[("node_textfile_scrape_error", ())] == 0
 
-    # another gate user cannot read the clients' 0700 roots: reported, never a crash
+    # another gate user learns nothing of the clients: their counters are 0600 and their roots
+    # 0700; told of them by an authorized_keys file, she meets the roots' modes, never a crash
     other = repos_json(site, user="bgate-c")
-    assert other["repos"] == []
-    assert {os.path.relpath(p["path"], site.repos): p["problem"] for p in other["problems"]} == {
+    assert (other["repos"], other["problems"]) == ([], [])
+    keys = site.root / "other-keys"
+    keys.write_text("".join(f'command="borg-gate --client {c}",restrict {KEY}\n' for c in ("alice", "bob")))
+    keys.chmod(0o644)
+    out = admin(site, "repos", "--json", "--authorized-keys", str(keys), user="bgate-c")
+    assert out.returncode == 0, out.stderr
+    told = json.loads(out.stdout)
+    assert told["repos"] == []
+    assert {os.path.relpath(p["path"], site.repos): p["problem"] for p in told["problems"]} == {
         "alice": "Permission denied",
         "bob": "Permission denied",
     }
