@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import shlex
 import subprocess
 import threading
@@ -144,6 +145,13 @@ class Running:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def source(path: Path, mib: int = 16) -> Path:
+    """A tree to back up whose ``borg create`` holds the repository lock for longer than borg's 1 s lock wait."""
+    harness.make_tree(path, files=200)
+    (path / "big.bin").write_bytes(os.urandom(mib << 20))  # random: no dedup, no compression shortcut
+    return path
 
 
 def together(jobs: Sequence[Callable[[], Result]]) -> list[Result]:

@@ -234,7 +234,7 @@ def test_priority_restore_starts_while_normal_clients_fill_the_budget_and_queue(
 
 def same_repository(site: Site, tmp_path: Path, borg: str, *, rest: bool) -> tuple[Outcome, Outcome]:
     """8 hosts into one repository at once: through a forced plain borg serve, then the gate."""
-    src = harness.make_tree(tmp_path / "src", files=200)
+    src = busy.source(tmp_path / "src")
     hosts = [Client(site, site.key(f"host{i}"), borg, rest) for i in range(8)]
     admin_client = Client(site, site.key("admin"), borg, rest)
     where = site.repo_dir("shared", owner=USER)
@@ -243,8 +243,9 @@ def same_repository(site: Site, tmp_path: Path, borg: str, *, rest: bool) -> tup
     busy.serve_plainly(site, [admin_client, *hosts], plain_repo)
     admin_client.init(plain_repo).check()
     plain = busy.same_repo_creates(hosts, plain_repo, src)
-    made = sorted(f"host{i}" for i, r in enumerate(plain.results) if r.returncode == 0)
-    assert admin_client.names(plain_repo) == made, plain.summary()
+    made = {f"host{i}" for i, r in enumerate(plain.results) if r.returncode == 0}
+    # every success is in the repository; b22 may fail a create after its commit (a lock gone: ObjectNotFound)
+    assert made <= set(admin_client.names(plain_repo)), plain.summary()
 
     gate_repo = where / "gated"
     busy.serve_through_gate(site, [admin_client, *hosts], gate_repo)
@@ -258,7 +259,7 @@ def same_repository(site: Site, tmp_path: Path, borg: str, *, rest: bool) -> tup
 def test_eight_borg1_clients_into_one_repository_all_succeed_through_the_gate(site: Site, tmp_path: Path) -> None:
     _, gated = same_repository(site, tmp_path, harness.BORG1, rest=False)
     assert gated.ok == 8, gated.summary()
-    assert site.events("session.queued"), "8 writers of one repository and none queued at the gate?"
+    assert {e["budget"] for e in site.events("session.queued")} == {"repo"}  # they queued for the repository
 
 
 def test_eight_borg22_rest_clients_into_one_repository_all_succeed_through_the_gate(
@@ -266,7 +267,7 @@ def test_eight_borg22_rest_clients_into_one_repository_all_succeed_through_the_g
 ) -> None:
     _, gated = same_repository(site, tmp_path, borg22, rest=True)
     assert gated.ok == 8, gated.summary()
-    assert site.events("session.queued"), "8 writers of one repository and none queued at the gate?"
+    assert {e["budget"] for e in site.events("session.queued")} == {"repo"}  # they queued for the repository
 
 
 def test_two_spellings_of_one_repository_share_one_queue(site: Site, tmp_path: Path, borg22: str) -> None:
