@@ -65,17 +65,17 @@ _FLOCK: Final = "hhqqi"  # struct flock: l_type, l_whence, l_start, l_len, l_pid
 _OPEN: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
-def _sha256(data: bytes) -> bytes:
-    from borg_gate.connection import _sha256 as digest  # CPython's built-in sha256, no OpenSSL load
+def digest(data: bytes) -> bytes:
+    from borg_gate.connection import _sha256  # CPython's built-in sha256, no OpenSSL load
 
-    return digest(data)
+    return _sha256(data)
 
 
 def region_number(key: str) -> int:
     """1 for ``host``, else 2 + a 37-bit hash of ``client.<name>``."""
     if key == "host":
         return 1
-    return 2 + int.from_bytes(_sha256(key.encode())[:8], "big") % CLIENT_REGIONS
+    return 2 + int.from_bytes(digest(key.encode())[:8], "big") % CLIENT_REGIONS
 
 
 def region(key: str) -> int:

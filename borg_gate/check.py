@@ -29,11 +29,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Final
 
-from borg_gate import authkeys, budgetfile, cli, config, keyopts, policy, statedir, versions
+from borg_gate import authkeys, budgetfile, cli, config, confine, keyopts, policy, statedir, versions
 from borg_gate.config import BinarySpec, Config
 from borg_gate.errors import Refusal, shown
 from borg_gate.keyopts import KeyOptions
 from borg_gate.policy import Confinement
+from borg_gate.printable import printable
 
 ERROR: Final = "error"
 WARNING: Final = "warning"
@@ -104,6 +105,7 @@ class Report:
                 "exit_code": self.exit_code,
             },
             indent=1,
+            ensure_ascii=True,  # key files and configs are not all root's: no raw control character out
         )
 
 
@@ -210,24 +212,17 @@ class Site:
             return None
         if cfg.source != path:
             self.report.add(INFO, "config-default", "no config file: the gate uses its built-in defaults", path)
-        else:
-            self._writable(path)
+        if cfg.repos_root and confine.unconfined(Confinement((cfg.repos_root.replace("{client}", "client"),))):
+            self.report.add(
+                ERROR,
+                "repos-root-unconfined",
+                f"[repos] root = {cfg.repos_root!r} resolves to /: no confinement; the gate refuses every key"
+                " that relies on it",
+                path,
+            )
         for spec in cfg.binaries.values():
             self.borgs[(path, spec.name)] = self._binary(path, spec)
         return cfg
-
-    def _writable(self, path: str) -> None:
-        """Whoever can edit the config chooses the binaries every backup user runs."""
-        with contextlib.suppress(OSError):
-            st = os.stat(path)
-            if st.st_mode & 0o022:
-                self.report.add(
-                    WARNING,
-                    "config-writable",
-                    f"mode {stat.S_IMODE(st.st_mode):o}: users other than {owner_name(st.st_uid)} can change "
-                    "the config, and with it the binaries every backup user runs",
-                    path,
-                )
 
     def _binary(self, source: str, spec: BinarySpec) -> versions.Borg | None:
         try:
@@ -281,6 +276,17 @@ def directory(path: str) -> os.stat_result | str:
     return st if stat.S_ISDIR(st.st_mode) else f"{path} is not a directory"
 
 
+def check_limits(report: Report, cfg: Config) -> None:
+    if cfg.reserved_sessions >= cfg.max_sessions:
+        report.add(
+            ERROR,
+            "limits",
+            f"reserved_sessions = {cfg.reserved_sessions} leaves no session of max_sessions = {cfg.max_sessions}"
+            " to keys without --priority: the gate refuses them",
+            cfg.source,
+        )
+
+
 def check_state_dir(report: Report, cfg: Config, users: Sequence[User]) -> None:
     where = cfg.source
     st = directory(cfg.state_dir)
@@ -300,7 +306,8 @@ def check_state_dir(report: Report, cfg: Config, users: Sequence[User]) -> None:
                 f"{stat.S_IMODE(st.st_mode):o}): user {user.name} cannot create files in it",
                 where,
             )
-    check_lock_file(report, cfg, st, users)
+    if not st.st_mode & stat.S_IWOTH:  # a dir like /tmp needs replacing, not a lock file in it
+        check_lock_file(report, cfg, st, users)
 
 
 def check_lock_file(report: Report, cfg: Config, dir_st: os.stat_result, users: Sequence[User]) -> None:
@@ -347,10 +354,16 @@ def check_log_file(report: Report, cfg: Config, users: Sequence[User]) -> None:
     if not cfg.log_file:
         report.add(INFO, "log-file", 'log file disabled (log_file = "")', where)
         return
+    owners = {0, *(user.uid for user in users)} if users else {0, os.geteuid()}
+    parent = os.path.dirname(cfg.log_file) or "/"
+    with contextlib.suppress(OSError):
+        pst = os.stat(parent)
+        problem = statedir.unsafe(parent, pst, owners, "log dir") if stat.S_ISDIR(pst.st_mode) else None
+        if problem is not None:
+            report.add(ERROR, "log-dir", f"{problem}: the gate refuses every connection", where)
     try:
         st = os.lstat(cfg.log_file)
     except FileNotFoundError:
-        parent = os.path.dirname(cfg.log_file)
         try:
             pst = os.stat(parent)
         except OSError as exc:
@@ -370,6 +383,14 @@ def check_log_file(report: Report, cfg: Config, users: Sequence[User]) -> None:
             WARNING, "log-file", f"log file {cfg.log_file} is not a regular file (symlinks are not followed)", where
         )
         return
+    foreign = [user.name for user in users if st.st_uid not in (0, user.uid)]
+    if foreign or st.st_nlink != 1 or st.st_mode & stat.S_IWOTH:
+        why = (
+            f"owned by {owner_name(st.st_uid)}: the gates of {', '.join(foreign)} refuse it (root's or their own only)"
+            if foreign
+            else f"{st.st_nlink} links" if st.st_nlink != 1 else "world-writable"
+        )
+        report.add(WARNING, "log-file", f"log file {cfg.log_file}: {why}; their events are lost", where)
     for user in users:
         if unreachable(cfg.log_file, user) or not allows(st, user, 2):
             report.add(
@@ -405,8 +426,18 @@ class SshdSettings:
         return self.values.get(key, SSHD_DEFAULTS.get(key, ""))
 
 
-def parse_sshd_config(path: str, into: dict[str, str] | None = None, depth: int = 0) -> dict[str, str]:
-    """Global settings of an sshd_config: first value wins, Include followed, Match blocks left out."""
+MATCHED_ENV: Final = "acceptenv@match"  # AcceptEnv patterns of Match blocks, whatever their criteria
+
+
+def parse_sshd_config(
+    path: str, into: dict[str, str] | None = None, depth: int = 0, *, in_match: bool = False
+) -> dict[str, str]:
+    """Global settings of an sshd_config: first value wins, Include followed.
+
+    Inside Match blocks only AcceptEnv is kept, under MATCHED_ENV: check cannot tell which
+    connections a block's criteria select (user, group, address...), so a hazardous pattern
+    there is reported as if it applied to the gate's users.
+    """
     values = {} if into is None else into
     with open(path, encoding="utf-8", errors="replace") as fh:
         lines = fh.read(1 << 20).splitlines()
@@ -418,13 +449,18 @@ def parse_sshd_config(path: str, into: dict[str, str] | None = None, depth: int 
         key = key.lower()
         rest = rest.strip()
         if key == "match":
-            break  # the rest of this file is conditional
+            in_match = rest.lower() != "all"  # Match all: global again
+            continue
         if key == "include" and depth < 8:
             for pattern in rest.split():
                 full = pattern if pattern.startswith("/") else os.path.join("/etc/ssh", pattern)
                 for included in sorted(glob.glob(full)):
                     with contextlib.suppress(OSError):
-                        parse_sshd_config(included, values, depth + 1)
+                        parse_sshd_config(included, values, depth + 1, in_match=in_match)
+            continue
+        if in_match:
+            if key == "acceptenv":
+                values[MATCHED_ENV] = f"{values.get(MATCHED_ENV, '')} {rest}".strip()
             continue
         _set(values, key, rest)
     return values
@@ -450,6 +486,10 @@ def read_sshd(config_file: str | None) -> SshdSettings | str:
                 for line in out.stdout.splitlines():
                     key, _, rest = line.partition(" ")
                     _set(values, key.lower(), rest.strip())
+                with contextlib.suppress(OSError):  # sshd -T shows no Match block: read them from the file
+                    scoped = parse_sshd_config(SSHD_CONFIG).get(MATCHED_ENV)
+                    if scoped:
+                        values[MATCHED_ENV] = scoped
                 return SshdSettings(values, "sshd -T")
     path = config_file or SSHD_CONFIG
     try:
@@ -471,17 +511,21 @@ def check_sshd(report: Report, settings: SshdSettings, cfg: Config | None, clien
             "PermitUserEnvironment is on: ~/.ssh/environment and environment= reach the gate's process",
             src,
         )
-    accepted = settings.get("acceptenv").split()
-    for name in CLIENT_ENV_HAZARDS:
-        patterns = [p for p in accepted if fnmatch.fnmatchcase(name, p)]
-        if patterns:
-            report.add(
-                ERROR,
-                "sshd-accept-env",
-                f"AcceptEnv {' '.join(patterns)} lets a client set {name} for the gate's process "
-                f"({CLIENT_ENV_HAZARDS[name]}): remove it or scope it with Match",
-                src,
-            )
+    for key, scope, fix in (
+        ("acceptenv", "", "remove it or scope it with a Match block that selects no gate user"),
+        (MATCHED_ENV, " (in a Match block)", "make sure that block selects no gate user"),
+    ):
+        accepted = settings.get(key).split()
+        for name in CLIENT_ENV_HAZARDS:
+            patterns = [p for p in accepted if fnmatch.fnmatchcase(name, p)]
+            if patterns:
+                report.add(
+                    ERROR,
+                    "sshd-accept-env",
+                    f"AcceptEnv {' '.join(patterns)}{scope} lets a client set {name} for the gate's process "
+                    f"({CLIENT_ENV_HAZARDS[name]}): {fix}",
+                    src,
+                )
     if cfg is None:
         return
     text = settings.get("maxstartups")
@@ -647,6 +691,7 @@ class FileCheck:
         try:
             client = policy.client_name(key, client)
             where = policy.confinement(key, cfg, client)
+            confine.refuse_unconfined(where)
         except Refusal as exc:
             self.add(ERROR, "confinement", f"the gate refuses this key: {exc.reason}", n)
             return
@@ -807,6 +852,7 @@ def run_check(
     compare_clients(report, gate_keys)
     runners = list(users.values()) or [User.from_pwd(pwd.getpwuid(os.geteuid()))]
     for loaded in [c for c in site.configs.values() if c is not None]:
+        check_limits(report, loaded)
         check_state_dir(report, loaded, runners)
         check_log_file(report, loaded, runners)
     if sshd:
@@ -848,7 +894,7 @@ def main(argv: list[str]) -> int:
     else:
         for finding in report.findings:
             if not (args.quiet and finding.severity == INFO):
-                print(finding.human())
+                print(printable(finding.human()))
         print(
             f"borg-gate check: {report.count(ERROR)} error(s), {report.count(WARNING)} warning(s) "
             f"in {report.keys} key line(s) of {report.files} file(s)"

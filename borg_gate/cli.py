@@ -1,4 +1,4 @@
-"""Entry point: a connection (key options only) or an admin command (status, metrics, check, authorize).
+"""Entry point: a connection (key options only) or an admin command (status, metrics, repos, check, authorize).
 
 Admin modules are imported only when asked for, so a connection pays for none of them.
 """
@@ -12,8 +12,11 @@ from typing import Final
 ADMIN: Final = {
     "status": "borg_gate.status",
     "metrics": "borg_gate.metrics",
+    "repos": "borg_gate.repos",
     "check": "borg_gate.check",
     "authorize": "borg_gate.authorize",
+    "hold": "borg_gate.holds",
+    "release": "borg_gate.holds",
 }
 
 
@@ -21,8 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in ADMIN:
         module = importlib.import_module(ADMIN[args[0]])
-        result: int = module.main(args[1:])
+        result: int = module.main(args[1:], release=True) if args[0] == "release" else module.main(args[1:])
         return result
+    from borg_gate import interrupt
+
+    interrupt.install()  # first: a Ctrl-C while the connection's modules load is a refusal too
     from borg_gate import gate
 
     gate.main(args)

@@ -54,6 +54,8 @@ class Config:
     max_sessions: int = 8
     max_sessions_per_client: int = 2
     wait: float = 600.0
+    reserved_sessions: int = 0
+    max_sessions_per_repo: int = 1
     repos_root: str = "/srv/borg/{client}"  # "" means keys must name their own confinement
     borg_default: str = "borg"
     binaries: Mapping[str, BinarySpec] = field(default_factory=lambda: dict(DEFAULT_BINARIES))
@@ -170,6 +172,8 @@ SCHEMA: Final[dict[str, dict[str, tuple[str, Checker]]]] = {
         "max_sessions": ("max_sessions", lambda k, v: _int(k, v, 1, 10000)),
         "max_sessions_per_client": ("max_sessions_per_client", lambda k, v: _int(k, v, 1, 10000)),
         "wait": ("wait", _seconds),
+        "reserved_sessions": ("reserved_sessions", lambda k, v: _int(k, v, 0, 10000)),
+        "max_sessions_per_repo": ("max_sessions_per_repo", lambda k, v: _int(k, v, 1, 10000)),
     },
     "repos": {
         "root": ("repos_root", lambda k, v: _abs_path(k, v, empty_ok=True)),
@@ -273,6 +277,20 @@ def config_path(explicit: str | None, environ: Mapping[str, str]) -> tuple[str, 
     return DEFAULT_CONFIG_PATH, False
 
 
+def untrusted(st: os.stat_result) -> str | None:
+    """Why a file that decides what every connection runs (the config, a borg binary) is not trusted, or None.
+
+    Whoever can write it chooses the binary and the confinement of every backup user: only root
+    or the gate's own user may own it, and neither the group nor others may write it.
+    """
+    if st.st_uid not in (0, os.geteuid()):
+        return f"owned by uid {st.st_uid}, not by root or this user"
+    writers = [who for who, bit in (("the group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if st.st_mode & bit]
+    if writers:
+        return f"writable by {' and '.join(writers)} (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
 def load_config(path: str, required: bool) -> Config:
     try:
         # O_NONBLOCK: a FIFO (or device) at the path must not block the connection before fstat says no.
@@ -284,8 +302,12 @@ def load_config(path: str, required: bool) -> Config:
     except OSError as exc:
         raise misconfigured(f"config {path}: cannot read: {exc.strerror}", config=path) from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise misconfigured(f"config {path}: not a regular file", config=path)
+        problem = untrusted(st)
+        if problem is not None:
+            raise misconfigured(f"config {path}: {problem}", config=path)
         raw = os.read(fd, MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise misconfigured(f"config {path}: cannot read: {exc.strerror}", config=path) from None

@@ -14,16 +14,34 @@ loses this increment, never the totals. A power cut in mid-write could garble th
 it then starts over at zero, which Prometheus' rate() and increase() take as a counter
 reset, as they do the reset after a reboot when the state dir is on tmpfs (/run).
 
+Beside the counters each file keeps, per client, its latest session (``last``): when it
+started and, in supervise mode, when it ended, with what exit code and how many bytes it
+read (what the client uploaded) and wrote, and when a session last ended with exit 0.
+``borg-gate repos`` and ``metrics`` read them; nothing else keeps timestamps, since the
+event log may be off or rotated away. Readers take the newest entry over all users' files.
+
 fcntl.flock rather than the filelock package: filelock's import alone costs ~30-40 ms per
 connection, more than the gate's whole budget.
 
 Other members of the state dir's group can plant files here, so a counters file is only
-trusted as far as it must be: the writer opens its own file through the checked dir
-descriptor (O_NOFOLLOW, O_NONBLOCK), uses it only when it is a regular file owned by this
-uid, reads at most MAX_BYTES, and takes anything it cannot parse (garbled, too deep for
-json, not an object) as a reason to start over, counting that as a sink failure. A lock
-held by someone else is waited for at most LOCK_WAIT seconds: counting is best effort and
-must never hang a connection.
+trusted as far as it must be. The writer opens its own file through the checked dir
+descriptor (O_NOFOLLOW, O_NONBLOCK) and uses it only when it is a regular file owned by
+this uid, with one link and mode 0600. A file planted by another uid costs the count, never
+more. A second name for another of this user's files (a member can hard-link a victim's
+group-writable slot file under the victim's counters name, which fs.protected_hardlinks
+allows her: she can read and write it) is never written into nor waited on: its lock is a
+session's, held for hours. Being the user's own, in a sticky dir, it is replaced by a fresh
+0600 file (a rename, so nothing but the name changes); so is an older 0644 file, which
+anyone could have kept open to hold its lock. Once verified, nobody but this user (and root)
+can open the file, so the only lock it ever waits for is another of this user's gates, for
+at most LOCK_WAIT seconds. The writer reads at most MAX_BYTES and takes anything it cannot
+parse (garbled, too deep for json, not an object) as a reason to start over, counting that
+as a sink failure.
+
+Readers (status, metrics; usually root) take a file only when it is regular, has one link,
+is writable by its owner alone, and that owner is root or the uid in its name; a lock they
+cannot get within a few milliseconds (a member holding her own file's lock) makes that file
+unreadable for this run, never a wait.
 """
 
 from __future__ import annotations
@@ -41,9 +59,12 @@ from typing import Any, Final
 
 from borg_gate import statedir
 from borg_gate.errors import Refusal
+from borg_gate.printable import printable
 
 PREFIX: Final = "counters-"
-FILE_MODE: Final = 0o644  # counts only, no secrets: status works for anyone who can read the state dir
+# The owner's alone: a file others can open is a file others can flock (and, with
+# fs.protected_hardlinks, one they can hard-link elsewhere). status and metrics run as root.
+FILE_MODE: Final = 0o600
 FLAGS: Final = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO planted here cannot hang us
 BLOCK: Final = 4096
 MAX_BYTES: Final = 1 << 20  # ~10,000 series; a bigger file is not one the gate wrote
@@ -51,6 +72,8 @@ MAX_BYTES: Final = 1 << 20  # ~10,000 series; a bigger file is not one the gate 
 # seconds (2 s lost increments in a loaded storm); a group member holding it on purpose
 # only delays a connection by this much per event, never hangs it.
 LOCK_WAIT: Final = 10.0
+READ_TRIES: Final = 20  # readers: non-blocking tries READ_PAUSE apart, then the file is skipped
+READ_PAUSE: Final = 0.002
 _LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
 SERIES_RE: Final = re.compile(rf"[a-zA-Z_:][a-zA-Z0-9_:]*(\{{{_LABEL}(,{_LABEL})*\}})?")
 
@@ -84,10 +107,14 @@ def _label(value: str) -> str:
 
 
 def series(metric: str, /, **labels: object) -> str:
-    """A series in Prometheus' text syntax: ``metric{a="x",b="y"}`` (labels sorted)."""
+    """A series in Prometheus' text syntax: ``metric{a="x",b="y"}`` (labels sorted).
+
+    Label values go through printable(): a client name read from a slot file reaches
+    ``borg-gate metrics`` on a terminal, and Prometheus has no escape for an ESC.
+    """
     if not labels:
         return metric
-    inner = ",".join(f'{k}="{_label(str(v))}"' for k, v in sorted(labels.items()))
+    inner = ",".join(f'{k}="{_label(printable(str(v)))}"' for k, v in sorted(labels.items()))
     return f"{metric}{{{inner}}}"
 
 
@@ -106,6 +133,9 @@ def by_label(values: Mapping[str, float], name: str, label: str) -> dict[str, fl
             text = re.sub(r"\\(.)", lambda e: "\n" if e[1] == "n" else e[1], raw)
             out[text] = out.get(text, 0.0) + value
     return out
+
+
+LAST_FIELDS: Final = ("start", "end", "exit_code", "bytes_read", "bytes_written", "success")
 
 
 def _number(value: object) -> float:
@@ -139,11 +169,57 @@ def from_event(record: Mapping[str, Any], errors: Mapping[str, str]) -> dict[str
     return inc
 
 
+def latest(record: Mapping[str, Any], now: float) -> dict[str, dict[str, float]]:
+    """What one event sets in its client's ``last`` entry (empty for other events)."""
+    client = record.get("client")
+    if not isinstance(client, str) or not client:
+        return {}
+    if record.get("event") == "session.started":
+        return {client: {"start": now}}
+    if record.get("event") != "session.ended":
+        return {}
+    code = record.get("exit_code")
+    entry = {"end": now, "exit_code": float(code) if isinstance(code, int) else -1.0}
+    entry.update({k: _number(record.get(k)) for k in ("bytes_read", "bytes_written")})
+    if code == 0:
+        entry["success"] = now
+    return {client: entry}
+
+
+def _last(data: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """A file's ``last`` entries, numbers only (a planted file can put nothing else there)."""
+    raw = data.get("last")
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for client, entry in raw.items():
+        if isinstance(client, str) and isinstance(entry, dict):
+            out[client] = {
+                k: float(v)
+                for k, v in entry.items()
+                if k in LAST_FIELDS and isinstance(v, int | float) and not isinstance(v, bool)
+            }
+    return out
+
+
+def merge_last(into: dict[str, dict[str, float]], other: Mapping[str, Mapping[str, float]]) -> None:
+    """Keep each client's newest start, newest end (with its exit code and bytes) and newest success."""
+    for client, entry in other.items():
+        mine = into.setdefault(client, {})
+        if entry.get("start", 0.0) > mine.get("start", 0.0):
+            mine["start"] = entry["start"]
+        if entry.get("end", 0.0) > mine.get("end", 0.0):
+            mine.update({k: entry[k] for k in ("end", "exit_code", "bytes_read", "bytes_written") if k in entry})
+        if entry.get("success", 0.0) > mine.get("success", 0.0):
+            mine["success"] = entry["success"]
+
+
 @dataclass
 class Totals:
     """Counters summed over every user's file, and each file's latest sink error."""
 
     values: dict[str, float] = field(default_factory=dict)
+    last: dict[str, dict[str, float]] = field(default_factory=dict)  # client -> its latest session
     last_errors: list[dict[str, Any]] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
 
@@ -166,7 +242,10 @@ def _values(data: Mapping[str, Any], *, checked: bool) -> dict[str, float]:
     if not checked:  # the writer keeps whatever is there; readers filter
         return {k: _number(v) for k, v in values.items()}
     # a hand-edited or foreign file must not smuggle lines into the metrics output
-    return {k: _number(v) for k, v in values.items() if isinstance(k, str) and SERIES_RE.fullmatch(k)}
+    # (nor a control character into a terminal)
+    return {
+        k: _number(v) for k, v in values.items() if isinstance(k, str) and k.isprintable() and SERIES_RE.fullmatch(k)
+    }
 
 
 def _read(fd: int) -> bytes | None:
@@ -213,9 +292,91 @@ def _lock(fd: int, operation: int) -> bool:
     return got.wait(LOCK_WAIT)
 
 
-def _own_file(fd: int) -> bool:
-    st = os.fstat(fd)
-    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+def _try_lock(fd: int, operation: int) -> bool:
+    """A reader's lock: a few non-blocking tries, never a wait on someone else's file."""
+    for attempt in range(READ_TRIES):
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < READ_TRIES:
+                time.sleep(READ_PAUSE)
+    return False
+
+
+def _trusted(st: os.stat_result, owners: tuple[int, ...]) -> bool:
+    """A counters file as the gate writes it: regular, one link, writable by its owner alone."""
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_nlink == 1
+        and st.st_uid in owners
+        and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    )
+
+
+def _same_file(fd: int, name: str, dir_fd: int) -> bool:
+    """The name still leads to fd's file (a gate of this user may have replaced it meanwhile)."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _replace(dir_fd: int, name: str, old: int) -> str | None:
+    """Put a fresh 0600 file under our own name, with the old one's counts when they are its own.
+
+    Returns what was wrong with the old file (a sink error text), or None; raises OSError when
+    the name could not be replaced. A hard link's bytes belong to another of our files: never copied.
+    """
+    linked = os.fstat(old).st_nlink != 1
+    raw = None if linked else _read(old)
+    kept = raw is not None and _parse(raw) is not None
+    tmp = f"{name}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | FLAGS, FILE_MODE, dir_fd=dir_fd)  # EEXIST: planted
+    try:
+        os.fchmod(fd, FILE_MODE)  # whatever the umask
+        if kept and raw:
+            os.pwrite(fd, raw, 0)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    finally:
+        os.close(fd)
+    if linked:
+        return f"{name}: a second name of another file (a hard link), replaced"
+    return None if kept else f"{name}: unreadable, started over from zero"
+
+
+def _open_own(dir_fd: int, name: str) -> tuple[int, str | None] | None:
+    """Our counters file, locked and verified, with what had to be replaced first; None: this count is lost."""
+    note: str | None = None
+    for _ in range(3):
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | FLAGS, FILE_MODE, dir_fd=dir_fd)
+        except OSError:
+            return None
+        keep = False
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                return None  # planted by another member (or a FIFO): not ours to trust, write or wait on
+            if st.st_nlink != 1 or stat.S_IMODE(st.st_mode) != FILE_MODE:
+                note = _replace(dir_fd, name, fd) or note
+                continue
+            if not _lock(fd, fcntl.LOCK_EX):  # only this user's gates can hold it: microseconds each
+                return None
+            if not _same_file(fd, name, dir_fd):
+                continue  # replaced while we waited: count into the file that has the name now
+            keep = True
+            return fd, note
+        finally:
+            if not keep:
+                os.close(fd)
+    return None
 
 
 def _open_dir(state_dir: str) -> int | None:
@@ -226,27 +387,35 @@ def _open_dir(state_dir: str) -> int | None:
         return None
 
 
-def add(state_dir: str, increments: Mapping[str, float], errors: Mapping[str, str] | None = None) -> bool:
-    """Add to this user's counters under its lock; False if the state dir would not take it."""
-    if not increments and not errors:
+def add(
+    state_dir: str,
+    increments: Mapping[str, float],
+    errors: Mapping[str, str] | None = None,
+    last: Mapping[str, Mapping[str, float]] | None = None,
+) -> bool:
+    """Add to this user's counters and set its clients' ``last``, under its lock; False if the state dir refused."""
+    if not increments and not errors and not last:
         return True
     dir_fd = _open_dir(state_dir)
     if dir_fd is None:
         return False
+    name = f"{PREFIX}{os.geteuid()}.json"
     try:
-        fd = os.open(f"{PREFIX}{os.getuid()}.json", os.O_RDWR | os.O_CREAT | FLAGS, FILE_MODE, dir_fd=dir_fd)
+        opened = _open_own(dir_fd, name)
     except OSError:
-        return False
+        opened = None
     finally:
         os.close(dir_fd)
+    if opened is None:
+        return False
+    fd, note = opened
     try:
-        # planted by another member (then not ours) or a FIFO: not ours to trust or to write
-        if not _own_file(fd) or not _lock(fd, fcntl.LOCK_EX):  # held for one read and one write: microseconds
-            return False
+        if note is not None:  # a member linked another of our files under this name, or a garbled file
+            errors = {"counters": note, **(errors or {})}
+            increments = {**increments, series(SINK_FAILURES, sink="counters"): 1}
         raw = _read(fd)
         data = None if raw is None else _parse(raw)
         if raw is None or data is None:  # oversized or garbled: start over from zero, and say so
-            name = f"{PREFIX}{os.getuid()}.json"
             errors = {"counters": f"{name}: unreadable, started over from zero", **(errors or {})}
             increments = {**increments, series(SINK_FAILURES, sink="counters"): 1}
             os.ftruncate(fd, 0)
@@ -255,6 +424,11 @@ def add(state_dir: str, increments: Mapping[str, float], errors: Mapping[str, st
         for key, amount in increments.items():
             values[key] = values.get(key, 0.0) + amount
         out: dict[str, Any] = {"values": values}
+        latest = _last(data)
+        for client, entry in (last or {}).items():
+            latest.setdefault(client, {}).update(entry)
+        if latest:
+            out["last"] = latest
         if errors:
             sink, error = next(iter(errors.items()))
             out["last_error"] = {"ts": time.time(), "sink": sink, "error": error}
@@ -265,8 +439,6 @@ def add(state_dir: str, increments: Mapping[str, float], errors: Mapping[str, st
         if len(text) > size:
             size = -(-len(text) // BLOCK) * BLOCK
             os.posix_fallocate(fd, 0, size)  # ENOSPC here leaves the file as it was
-            with contextlib.suppress(OSError):
-                os.fchmod(fd, FILE_MODE)  # readable by status whatever the umask was at creation
         return os.pwrite(fd, text.ljust(size), 0) == size
     except OSError:
         return False
@@ -275,7 +447,10 @@ def add(state_dir: str, increments: Mapping[str, float], errors: Mapping[str, st
 
 
 def load(state_dir: str) -> Totals:
-    """Sum every user's counters (read-only: a shared lock on each file, held for one read)."""
+    """Sum every user's counters (read-only: a shared lock on each file, held for one read).
+
+    A file that fails the checks (see the module's doc) is listed as unreadable, not summed.
+    """
     totals = Totals()
     dir_fd = _open_dir(state_dir)
     if dir_fd is None:
@@ -290,8 +465,11 @@ def load(state_dir: str) -> Totals:
             except OSError:
                 totals.unreadable.append(name)
                 continue
+            uid = name[len(PREFIX) : -len(".json")]
+            owners = (0, int(uid)) if uid.isdigit() and uid.isascii() else (0,)
             try:
-                raw = _read(fd) if stat.S_ISREG(os.fstat(fd).st_mode) and _lock(fd, fcntl.LOCK_SH) else None
+                good = _trusted(os.fstat(fd), owners) and _try_lock(fd, fcntl.LOCK_SH)
+                raw = _read(fd) if good else None
                 data = None if raw is None else _parse(raw)
             except OSError:
                 data = None
@@ -302,6 +480,7 @@ def load(state_dir: str) -> Totals:
                 continue
             for key, value in _values(data, checked=True).items():
                 totals.values[key] = totals.values.get(key, 0.0) + value
+            merge_last(totals.last, _last(data))
             last = data.get("last_error")
             if isinstance(last, dict):
                 totals.last_errors.append({"file": name, **last})

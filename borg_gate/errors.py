@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 
+from borg_gate.printable import printable
+
 
 class Kind(enum.IntEnum):
     """Why a connection was refused; the value is the process exit code."""
@@ -55,12 +57,4 @@ def busy(reason: str, **fields: object) -> Refusal:
 
 def shown(text: str, limit: int = 120) -> str:
     """Render untrusted text for a one-line message: no control characters, bounded length."""
-    out = []
-    for ch in text[:limit]:
-        if ch.isprintable():
-            out.append(ch)
-        else:
-            out.append(ascii(ch)[1:-1] if ch != "\n" else "\\n")
-    if len(text) > limit:
-        out.append("…")
-    return "".join(out)
+    return printable(text[:limit]) + ("…" if len(text) > limit else "")

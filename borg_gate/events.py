@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Final
 
-from borg_gate import counters
+from borg_gate import counters, statedir
 from borg_gate.connection import Connection
 
 SYSLOG_SOCKET: Final = "/dev/log"
@@ -40,6 +40,12 @@ SYSLOG_SEVERITY: Final = {"connection.refused": 4, "config.error": 3, "gate.erro
 LOG_MODE: Final = 0o660  # gates of several unix users append to one file (group-shared)
 LOG_FLAGS: Final = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 HEAD: Final = ("ts", "event", "conn")  # these keys lead every line, whoever renders it
+# Client input is kept to its first COMMAND_CHARS characters (and at most COMMAND_BYTES once
+# JSON-escaped: U+10FFFF takes 12 bytes as \udbff\udfff), with its full length beside it; no
+# line ever exceeds MAX_LINE bytes, whatever any field holds (a traceback, a reason, a path).
+COMMAND_CHARS: Final = 1000
+COMMAND_BYTES: Final = 2048
+MAX_LINE: Final = 8192  # with its newline
 
 
 def iso(ts: float) -> str:
@@ -61,6 +67,52 @@ def render(record: Mapping[str, Any]) -> str:
         return json.dumps(lenient, ensure_ascii=True, separators=(",", ":"))
 
 
+def _escaped(ch: str) -> int:
+    """Bytes json.dumps(ensure_ascii=True) spends on ch."""
+    code = ord(ch)
+    if 0x20 <= code < 0x7F:
+        return 2 if ch in '"\\' else 1
+    if code < 0x20:
+        return 2 if ch in "\n\r\t\b\f" else 6
+    return 6 if code < 0x10000 else 12
+
+
+def clip(text: str, chars: int, budget: int) -> str:
+    """The longest prefix of text of at most ``chars`` characters and ``budget`` escaped bytes."""
+    if len(text) <= chars and len(text) * 12 <= budget:
+        return text  # fits whatever it holds
+    size = 0
+    for i, ch in enumerate(text[:chars]):
+        size += _escaped(ch)
+        if size > budget:
+            return text[:i]
+    return text[:chars]
+
+
+def _clip_all(value: Any, budget: int) -> Any:
+    if isinstance(value, str):
+        return clip(value, budget, budget)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k)[:64]: _clip_all(v, budget) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clip_all(v, budget) for v in value[:64]]
+    return clip(str(value), budget, budget)
+
+
+def bounded(record: Mapping[str, Any]) -> str:
+    """render(record), cut down until it fits MAX_LINE: every text field shorter, at worst the head alone."""
+    line = render(record)
+    budget = COMMAND_BYTES
+    while len(line) >= MAX_LINE and budget >= 32:
+        line = render({**_clip_all(record, budget), "truncated": True})
+        budget //= 2
+    if len(line) >= MAX_LINE:
+        line = render({**{k: _clip_all(record[k], 64) for k in HEAD if k in record}, "truncated": True})
+    return line
+
+
 def structlog_renderer(_logger: object, _method: str, event_dict: MutableMapping[str, Any]) -> str:
     """structlog's last processor, for the gate's exact line.
 
@@ -70,12 +122,49 @@ def structlog_renderer(_logger: object, _method: str, event_dict: MutableMapping
     return render(event_dict)
 
 
-def append_line(path: str, data: bytes) -> str | None:
-    """One O_APPEND write to a regular file; the error text on failure, None on success.
+def log_dir_problem(log_file: str | None) -> str | None:
+    """Why the log file's dir must not be used (the state dir's rule, statedir.unsafe), or None.
 
-    The log dir is group-writable, so any gate user can plant something under the log's name:
-    O_NONBLOCK keeps a FIFO from hanging the open (ENXIO without a reader), and anything but a
-    regular file is refused once open. On a regular file O_NONBLOCK changes nothing.
+    A missing dir (or a file in its place) is no reason to refuse a connection: its events
+    fail, counted as sink failures.
+    """
+    if not log_file:
+        return None
+    directory = os.path.dirname(log_file) or "/"
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return None
+    return statedir.unsafe(directory, st, (0, os.geteuid()), "log dir")
+
+
+def unusable(st: os.stat_result) -> str | None:
+    """Why an opened log file is not one to append to, or None.
+
+    Only root (tmpfiles, logrotate's ``create``) or this user may own it: a member who made it
+    in logrotate's rename-to-create window would own everyone's events. One link only: a second
+    name of another file (a member's hard link of one of this user's own files) is not the log.
+    """
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_uid not in (0, os.geteuid()):
+        return f"owned by uid {st.st_uid}, not by root or this user"
+    if st.st_nlink != 1:
+        return f"{st.st_nlink} links, not 1"
+    if st.st_mode & stat.S_IWOTH:
+        return "world-writable"
+    return None
+
+
+def append_line(path: str, data: bytes) -> str | None:
+    """One O_APPEND write to a checked regular file; the error text on failure, None on success.
+
+    The log dir may be shared, so anyone who can create files there can plant something under
+    the log's name: O_NONBLOCK keeps a FIFO from hanging the open (ENXIO without a reader), and
+    a file that fails :func:`unusable` is refused once open. On a regular file O_NONBLOCK changes
+    nothing.
     """
     try:
         fd = os.open(path, LOG_FLAGS)
@@ -89,8 +178,9 @@ def append_line(path: str, data: bytes) -> str | None:
     except OSError as exc:
         return f"{path}: {exc.strerror}"
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return f"{path}: not a regular file"
+        problem = unusable(os.fstat(fd))
+        if problem is not None:
+            return f"{path}: {problem}"
         written = os.write(fd, data)
     except OSError as exc:
         return f"{path}: {exc.strerror}"
@@ -148,6 +238,11 @@ class EventLog:
             "command": c.command,
             "pid": os.getpid(),
         }
+        if c.command is not None:
+            cut = clip(c.command, COMMAND_CHARS, COMMAND_BYTES)
+            if cut != c.command:  # a client can send ~128 KiB, several times a second
+                record["command"] = cut
+                record["command_length"] = len(c.command)
         record.update(self.context)
         record.update(fields)
         return record
@@ -157,7 +252,7 @@ class EventLog:
         errors: dict[str, str] = {}
         try:
             record = self.record(event, fields)
-            line = render(record)
+            line = bounded(record)
         except Exception as exc:  # a field that cannot be rendered loses its event, not the backup
             record = {"event": event}
             line = ""
@@ -181,7 +276,8 @@ class EventLog:
         self.failures += len(errors)
         if self.state_dir is not None:
             try:
-                counted = counters.add(self.state_dir, counters.from_event(record, errors), errors)
+                increments = counters.from_event(record, errors)
+                counted = counters.add(self.state_dir, increments, errors, counters.latest(record, time.time()))
             except Exception:
                 counted = False
             self.failures += not counted

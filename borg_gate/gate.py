@@ -14,9 +14,10 @@ import time
 from collections.abc import Mapping
 from typing import Final, NoReturn
 
-from borg_gate import command, config, confine, connection, execute, keyopts, policy, slots, versions
-from borg_gate.errors import Kind, Refusal
-from borg_gate.events import EventLog
+from borg_gate import command, config, confine, connection, execute, interrupt, keyopts, policy, slots, versions
+from borg_gate.errors import Kind, Refusal, misconfigured
+from borg_gate.events import EventLog, log_dir_problem
+from borg_gate.interrupt import Interrupted
 
 # The client reads stdout EOF before stderr in the same select pass: exiting at once loses
 # the refusal line about half the time (BORG-FACTS). A short pause lets it arrive.
@@ -31,6 +32,7 @@ def say(message: str) -> None:
 
 
 def refuse(refusal: Refusal, log: EventLog) -> NoReturn:
+    interrupt.leaving(int(refusal.kind))  # a signal from here on ends with this code, saying no more
     log.emit(
         "connection.refused",
         kind=refusal.kind.label,
@@ -58,6 +60,10 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
             log.emit("config.error", reason=exc.reason, config=path)
             raise
         log = EventLog(conn, cfg.log_file, syslog=cfg.syslog, state_dir=cfg.state_dir)
+        problem = log_dir_problem(cfg.log_file)
+        if problem is not None:  # refused, and not logged there: anyone may have planted the file
+            log = EventLog(conn, None, syslog=cfg.syslog, state_dir=cfg.state_dir)
+            raise misconfigured(problem)
         client = policy.client_name(key, conn.unix_user)
         log.bind(client=client)
 
@@ -70,11 +76,17 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
         plan = policy.plan(request, key, cfg, borg, client)
         restrictions = tuple(plan.confinement.options())
         log.bind(binary=spec.path, borg_version=str(borg.version), restrictions=list(restrictions))
+        confine.refuse_unconfined(plan.confinement)
         confine.check_backend(request.backend_path, plan.confinement)
 
-        # 4. A session slot: per-client first, then host-wide; may queue until the deadline.
+        # 4. A session slot: the repository's (when known), the client's, then the host's; may
+        # queue until the deadline, and waits while root holds the host or the client.
+        repo = policy.queued_repository(request, plan.confinement)
+        repo = os.path.realpath(repo) if repo is not None else None  # one queue however it is spelt
         session = slots.Session(client, conn.id, spec.path, restrictions, conn.unix_user)
-        held = slots.acquire(cfg.state_dir, client, plan.budget, session, say=say, emit=log.emit)
+        held = slots.acquire(
+            cfg.state_dir, client, plan.budget, session, say=say, emit=log.emit, repo=repo, rest=request.rest
+        )
         log.emit(
             "session.started", waited=round(held.waited, 3), slots=held.slots, queues=held.queues, argv=list(plan.argv)
         )
@@ -84,10 +96,13 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
         if plan.supervise:
             from borg_gate import supervise  # only supervised connections pay for it
 
+            interrupt.release(keep=supervise.FORWARDED)  # the supervisor forwards these to borg serve
             supervise.run(plan.argv, env, cfg.umask, held.fds, log)
         execute.exec_serve(plan.argv, env, cfg.umask, held.fds)
     except Refusal as refusal:
         refuse(refusal, log)
+    except Interrupted as exc:
+        refuse(Refusal(Kind.CLIENT_GONE, f"interrupted by {exc.name} before borg serve started"), log)
     except SystemExit:
         raise  # argparse's exit after --help: a person asked, nothing was served
     except BaseException as exc:
@@ -98,4 +113,7 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    serve(sys.argv[1:] if argv is None else argv, os.environ)
+    try:
+        serve(sys.argv[1:] if argv is None else argv, os.environ)
+    except Interrupted:  # arrived inside serve's own handlers, before a refusal took over: end quietly
+        os._exit(int(Kind.CLIENT_GONE))

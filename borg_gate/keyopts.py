@@ -43,6 +43,8 @@ class KeyOptions:
     max_sessions: int | None = None
     wait: float | None = None
     supervise: bool = False
+    priority: bool = False
+    max_sessions_per_repo: int | None = None
 
 
 def parse_size(text: str) -> int:
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Forced command for borg repositories: vets SSH_ORIGINAL_COMMAND, confines the key, "
             "takes a session slot and execs borg serve. Put it in authorized_keys as "
             'command="borg-gate --client NAME …",restrict ssh-ed25519 AAAA…. '
-            "Admin commands: borg-gate status | metrics | check | authorize (see borg-gate CMD --help)."
+            "Admin commands: borg-gate status | metrics | repos | check | authorize (see borg-gate CMD --help)."
         ),
         epilog=(
             "A refused connection gets one line on stderr and one of these exit codes: "
@@ -121,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", metavar="N", type=int, help="this client's concurrent sessions")
     p.add_argument("--wait", metavar="SECONDS", type=float, help="how long this key's connections may queue")
     p.add_argument("--supervise", action="store_true", help="run borg serve as a child and log session.ended")
+    p.add_argument(
+        "--priority", action="store_true", help="may take reserved host slots; waits ahead of normal keys (restores)"
+    )
+    p.add_argument(
+        "--max-sessions-per-repo", metavar="N", type=int, help="concurrent sessions per repository the gate knows"
+    )
     return p
 
 
@@ -155,6 +163,8 @@ def parse_key_options(argv: list[str]) -> KeyOptions:
         raise misconfigured("key line: --max-sessions must be between 1 and 10000")
     if ns.wait is not None and not 0 <= ns.wait <= 7 * 86400:
         raise misconfigured("key line: --wait must be between 0 and 604800 seconds")
+    if ns.max_sessions_per_repo is not None and not 1 <= ns.max_sessions_per_repo <= 10000:
+        raise misconfigured("key line: --max-sessions-per-repo must be between 1 and 10000")
     return KeyOptions(
         client=ns.client,
         config=ns.config,
@@ -166,4 +176,6 @@ def parse_key_options(argv: list[str]) -> KeyOptions:
         max_sessions=ns.max_sessions,
         wait=ns.wait,
         supervise=ns.supervise,
+        priority=ns.priority,
+        max_sessions_per_repo=ns.max_sessions_per_repo,
     )

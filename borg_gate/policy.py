@@ -39,6 +39,9 @@ class Budget:
     max_sessions: int
     max_sessions_per_client: int
     wait: float
+    reserved_sessions: int = 0  # host slots only priority keys may take
+    priority: bool = False
+    max_sessions_per_repo: int = 1  # when the gate knows the repository before exec
 
 
 @dataclass(frozen=True)
@@ -140,11 +143,29 @@ def serve_argv(request: ClientRequest, borg: Borg, where: Confinement, key: KeyO
 
 def budget(key: KeyOptions, config: Config) -> Budget:
     per_client = key.max_sessions if key.max_sessions is not None else config.max_sessions_per_client
+    per_repo = key.max_sessions_per_repo if key.max_sessions_per_repo is not None else config.max_sessions_per_repo
     return Budget(
         max_sessions=config.max_sessions,
         max_sessions_per_client=per_client,
         wait=key.wait if key.wait is not None else config.wait,
+        reserved_sessions=config.reserved_sessions,
+        priority=key.priority,
+        max_sessions_per_repo=per_repo,
     )
+
+
+def queued_repository(request: ClientRequest, where: Confinement) -> str | None:
+    """The repository this connection will open, where the gate knows it before exec, else None.
+
+    A rest:// client names it (FILE: path, checked against the confinement before this); an
+    ssh:// client names it only inside the protocol, so only a key confined to exactly one
+    repository tells. The caller resolves it (realpath): one queue per repository, however spelt.
+    """
+    if request.backend_path is not None:
+        return request.backend_path
+    if len(where.repositories) == 1 and not where.paths:
+        return where.repositories[0]
+    return None
 
 
 def plan(request: ClientRequest, key: KeyOptions, config: Config, borg: Borg, client: str) -> ServePlan:

@@ -55,8 +55,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from borg_gate import budgetfile, statedir
-from borg_gate.errors import Kind, Refusal, busy
+from borg_gate import budgetfile, holds, statedir
+from borg_gate.errors import Kind, Refusal, busy, misconfigured
 from borg_gate.policy import Budget
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ def __getattr__(name: str) -> Any:
 ANNOUNCE_AFTER: Final = 0.2  # behind a live ticket, say "waiting" only if it does not move on by then
 MAX_THREADS: Final = 128  # slots beyond this many are re-tried every RECHECK seconds instead
 RECHECK: Final = 1.0
+MAX_DRAWS: Final = 64  # queue numbers tried when their ticket bytes are taken (only ever by a non-gate)
 GONE: Final = select.POLLERR | select.POLLHUP
 RECORD_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 RECORD_MODE: Final = 0o640  # readable by status (root, the group), writable by its owner alone
@@ -119,18 +120,26 @@ class Held:
 
 
 class Level:
-    """One budget: the host's or a client's."""
+    """One budget: a repository's, a client's or the host's, as this connection may use it.
 
-    __slots__ = ("kind", "limit", "name")
+    ``usable`` are the slot indices this connection may take: a normal connection stays
+    below the host's ``reserved`` slots, a priority one may take any, from the top down so
+    that it leaves normal slots to normal connections. ``queue`` is the ticket queue it
+    waits in: priority connections have one of their own, served first.
+    """
 
-    def __init__(self, kind: str, name: str, limit: int) -> None:
+    __slots__ = ("key", "kind", "limit", "name", "priority", "queue", "usable")
+
+    def __init__(
+        self, kind: str, name: str, limit: int, *, key: str = "", reserved: int = 0, priority: bool = False
+    ) -> None:
         self.kind = kind
         self.name = name
         self.limit = limit
-
-    @property
-    def key(self) -> str:
-        return "host" if self.kind == "host" else f"client.{self.name}"
+        self.key = key or ("host" if kind == "host" else f"{kind}.{name}")
+        self.priority = priority
+        self.usable = range(limit - 1, -1, -1) if priority else range(max(0, limit - reserved))
+        self.queue = f"prio.{self.key}" if priority else self.key
 
     def slot(self, index: int) -> str:
         return f"slot.{self.key}.{index}"
@@ -141,7 +150,12 @@ class Level:
     def usage(self, in_use: int | None, *, named: bool = True) -> str:
         """``3/8`` or ``alice 2/2``; ``?`` when /proc/locks could not be read."""
         count = f"{'?' if in_use is None else in_use}/{self.limit}"
-        return f"{self.name} {count}" if named and self.kind == "client" else count
+        return f"{self.name} {count}" if named and self.kind != "host" else count
+
+
+def repo_key(path: str) -> str:
+    """A repository's budget key, from its real path: two spellings of one repository share a queue."""
+    return "repo." + budgetfile.digest(path.encode())[:8].hex()
 
 
 # --- descriptors ------------------------------------------------------------------------------
@@ -270,10 +284,14 @@ def _seconds(s: float) -> str:
 
 class _Acquirer:
     def __init__(
-        self, locks: int, levels: tuple[Level, Level], wait: float, watch_fd: int, say: Say, emit: Emit
+        self, dir_fd: int, locks: int, levels: Sequence[Level], wait: float, watch_fd: int, say: Say, emit: Emit
     ) -> None:
+        self.dir_fd = dir_fd
         self.locks = locks  # the checked lock file; every lock is taken on a reopened description of it
-        self.client, self.host = levels
+        self.levels = levels
+        self.client, self.host = levels[-2], levels[-1]
+        self.rest = False  # a rest:// client: a hold refuses it at once (see hold_wait)
+        self.on_hold: str | None = None  # the hold this connection waited for, if any
         self.wait = wait
         self.start = time.monotonic()
         self.deadline = self.start + wait
@@ -281,6 +299,7 @@ class _Acquirer:
         self.say = say
         self.emit = emit
         self.said = False
+        self.said_hold = False
         self.queued: set[str] = set()  # budgets this connection waited for
         self.tickets: dict[str, dict[str, float]] = {}
 
@@ -293,7 +312,7 @@ class _Acquirer:
         except OSError:
             return [None] * len(levels), None
         used: list[int | None] = [slotstatus.in_use(ranges, level.key, level.limit) for level in levels]
-        place = slotstatus.position(ranges, ticket.level.key, ticket.seq) if ticket else None
+        place = slotstatus.position(ranges, ticket.level.queue, ticket.seq) if ticket else None
         return used, place
 
     def announce(self, level: Level, ticket: Ticket, *, full: bool = False) -> None:
@@ -321,16 +340,35 @@ class _Acquirer:
             joined=round(ticket.joined, 6),
             wait=self.wait,
         )
-        if not self.said:
+        reason = self.hold_on(level)
+        if reason is not None:
+            self.tell_hold(reason)  # behind the head, a held queue says why, as its head does
+        elif not self.said:
             self.said = True
             self.say(f"waiting for a session slot ({level.usage(in_use)} in use)…")
+
+    def hold_on(self, level: Level) -> str | None:
+        """Root's hold on ``level``: the host's, or our client's."""
+        if level.kind == "repo":
+            return None
+        return holds.active(self.dir_fd, None if level.kind == "host" else level.name)
+
+    def tell_hold(self, reason: str) -> None:
+        if not self.said_hold:
+            self.said_hold = True
+            self.emit("session.held", reason=reason, wait=self.wait)
+            self.say(f"on hold: {reason}; waiting…")
 
     def busy(self, level: Level) -> Refusal:
         waited = time.monotonic() - self.start
         other = self.client if level is self.host else self.host
         (mine, theirs), _ = self.counts(level, other)
-        if level is self.host:
+        if self.on_hold is not None:
+            text = f"on hold: {self.on_hold}"
+        elif level is self.host:
             text = f"{self.host.usage(mine)} sessions in use, {self.client.usage(theirs)}"
+        elif level.kind == "repo":
+            text = f"repository {level.name} has {level.usage(mine, named=False)} sessions in use"
         else:
             text = f"{level.name} has {level.usage(mine, named=False)} sessions in use (server {other.usage(theirs)})"
         return busy(
@@ -381,14 +419,15 @@ class _Acquirer:
         """
         fd = budgetfile.reopen(self.locks)
         try:
-            guard = self.locked(budgetfile.counter_offset(level.key), budgetfile.COUNTER_WIDTH, lambda: None)
+            guard = self.locked(budgetfile.counter_offset(level.queue), budgetfile.COUNTER_WIDTH, lambda: None)
             try:
-                while True:
-                    seq = budgetfile.bump(guard, level.key)
-                    if budgetfile.lock(fd, budgetfile.ticket_offset(level.key, seq)):
+                for _ in range(MAX_DRAWS):
+                    seq = budgetfile.bump(guard, level.queue)
+                    if budgetfile.lock(fd, budgetfile.ticket_offset(level.queue, seq)):
                         return Ticket(level, fd, seq)
             finally:
                 os.close(guard)
+            raise _Expired  # ticket bytes locked by something that is not a gate: busy, as if full
         except BaseException:
             os.close(fd)
             raise
@@ -396,6 +435,10 @@ class _Acquirer:
     def take(self, level: Level) -> tuple[int, int]:
         """A slot of ``level`` (descriptor, index): at once when ``wait`` is 0, else in turn."""
         if self.wait <= 0:
+            reason = holds.any_active(self.dir_fd, self.client.name)
+            if reason is not None:
+                self.on_hold = reason
+                raise self.busy(level)
             got = self.scan(level)
             if got is None:
                 raise self.busy(level)
@@ -404,7 +447,7 @@ class _Acquirer:
             ticket = self.join(level)
             self.tickets[level.kind] = {"ticket": ticket.seq, "joined": round(ticket.joined, 6)}
             try:
-                for start, length in budgetfile.ahead(level.key, ticket.seq):
+                for start, length in budgetfile.ahead(level.queue, ticket.seq):
                     os.close(self.locked(start, length, lambda: self.announce(level, ticket), shared=True))
                 got = self.head(level, ticket)
             finally:
@@ -415,28 +458,80 @@ class _Acquirer:
         return got
 
     def scan(self, level: Level) -> tuple[int, int] | None:
-        """The first free slot (descriptor, index), locked, or None."""
+        """The first free usable slot (descriptor, index), locked, or None."""
         fd = budgetfile.reopen(self.locks)
-        for i in range(level.limit):
+        for i in level.usable:
             if budgetfile.lock(fd, budgetfile.slot_offset(level.key, i)):
                 return fd, i
         os.close(fd)
         return None
 
-    def head(self, level: Level, ticket: Ticket) -> tuple[int, int]:
-        got = self.scan(level)
-        if got is not None:
-            return got
-        self.announce(level, ticket, full=True)
-        requests: list[Request] = []
+    def hold_wait(self, level: Level) -> None:
+        """While root holds ``level`` (the host, or our client): wait (or refuse), re-reading the hold.
+
+        A host hold is waited for at the head of the host queue, a client hold at the head of
+        the client's: so the queue keeps arrival order, and the release lets it go on in it.
+        A rest:// client opens several connections per command; holding one of them would
+        leave its command hanging between two connections until the deadline, so it is
+        refused at once with the reason (borgstore retries, then the command fails showing it).
+        """
+        reason = self.hold_on(level)
+        if reason is None:
+            return
+        self.on_hold = reason
+        if self.rest:
+            raise busy(f"on hold: {reason}; rest:// commands cannot wait for the release, retry after it")
+        self.tell_hold(reason)
+        poll = select.poll()
+        if self.watch_fd >= 0:
+            poll.register(self.watch_fd, 0)
+        while reason is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise _Expired
+            for _, ev in poll.poll(int(min(left, holds.HOLD_RECHECK) * 1000) + 1):
+                if ev & GONE:
+                    raise Refusal(Kind.CLIENT_GONE, "the client went away while queued for a session slot")
+            reason = self.hold_on(level)
+        self.on_hold = None
+
+    def behind_priority(self, level: Level, ticket: Ticket) -> None:
+        """A normal connection at the host's head: wait while priority connections queue."""
+        if level.kind != "host" or level.priority:
+            return
+        start = budgetfile.region(f"prio.{level.key}") + budgetfile.TICKETS
+        os.close(self.locked(start, budgetfile.TICKET_SPACE, lambda: self.announce(level, ticket), shared=True))
+
+    def priority_waiting(self, level: Level) -> bool:
+        if level.kind != "host" or level.priority:
+            return False
+        start = budgetfile.region(f"prio.{level.key}") + budgetfile.TICKETS
+        fd = budgetfile.reopen(self.locks)
         try:
-            for i in range(level.limit):
-                requests.append((budgetfile.reopen(self.locks), budgetfile.slot_offset(level.key, i), 1, False))
-        except BaseException:
-            _close([r[0] for r in requests])
-            raise
-        index = self.block(requests, lambda: None, grace=False)
-        return requests[index][0], index
+            return not budgetfile.lock(fd, start, budgetfile.TICKET_SPACE, shared=True)
+        finally:
+            os.close(fd)
+
+    def head(self, level: Level, ticket: Ticket) -> tuple[int, int]:
+        """At the head of the queue: the first slot that frees, unless a hold or a priority waiter comes first."""
+        while True:
+            self.hold_wait(level)
+            self.behind_priority(level, ticket)
+            got = self.scan(level)
+            if got is None:
+                self.announce(level, ticket, full=True)
+                requests: list[Request] = []
+                try:
+                    for i in level.usable:
+                        requests.append((budgetfile.reopen(self.locks), budgetfile.slot_offset(level.key, i), 1, False))
+                except BaseException:
+                    _close([r[0] for r in requests])
+                    raise
+                index = self.block(requests, lambda: None, grace=False)
+                got = requests[index][0], level.usable[index]
+            if not self.priority_waiting(level):
+                return got
+            os.close(got[0])  # a priority connection came meanwhile: the slot is its
 
 
 def _info(session: Session, level: Level, state: str, waited: float) -> bytes:
@@ -451,6 +546,7 @@ def _info(session: Session, level: Level, state: str, waited: float) -> bytes:
         "state": state,
         "limit": level.limit,
         "waited": round(waited, 3),
+        "budget": level.name,
     }
     return (json.dumps(record, separators=(",", ":")) + "\n").encode()
 
@@ -502,14 +598,26 @@ def acquire(
     say: Say,
     emit: Emit,
     watch_fd: int = 1,
+    repo: str | None = None,
+    rest: bool = False,
 ) -> Held:
-    """A client slot, then a host slot, waiting in turn up to ``budget.wait`` seconds.
+    """A repository slot (when ``repo``, its real path, is known), a client slot, then a host slot,
+    each waiting in turn up to ``budget.wait`` seconds; never while root holds the host or the client.
 
     Refuses with Kind.BUSY at the deadline, Kind.CLIENT_GONE when ``watch_fd`` (the
     client's stdout pipe) reports the client gone while queued. ``say`` gets the one
     "waiting" line for the client, ``emit`` the ``session.queued`` events.
     """
-    levels = (Level("client", client, budget.max_sessions_per_client), Level("host", "host", budget.max_sessions))
+    levels = [
+        Level("client", client, budget.max_sessions_per_client),
+        Level("host", "host", budget.max_sessions, reserved=budget.reserved_sessions, priority=budget.priority),
+    ]
+    if repo is not None:  # first: waiting for its repository, a connection holds nothing others could use
+        levels.insert(0, Level("repo", repo, budget.max_sessions_per_repo, key=repo_key(repo)))
+    if not levels[-1].usable:
+        raise misconfigured(
+            f"reserved_sessions = {budget.reserved_sessions} leaves no session of {budget.max_sessions} to normal keys"
+        )
     umask = os.umask(statedir.SHARED_UMASK)
     dir_fd = statedir.open_dir(state_dir)
     locks = -1
@@ -517,19 +625,33 @@ def acquire(
     indices: list[int] = []
     try:
         locks = budgetfile.open_locks(dir_fd, state_dir)
-        acq = _Acquirer(locks, levels, budget.wait, watch_fd, say, emit)
-        with _room_for(max(budget.max_sessions, budget.max_sessions_per_client)):
-            for level in levels:
-                if held.fds:  # status shows a client slot held while its connection waits for a host slot
-                    info = _info(session, levels[0], "queued", time.monotonic() - acq.start)
-                    _describe(dir_fd, levels[0].record(indices[0]), info)
-                fd, index = acq.take(level)
-                held.fds.append(fd)
-                indices.append(index)
-                held.slots.append(level.slot(index))
+        acq = _Acquirer(dir_fd, locks, levels, budget.wait, watch_fd, say, emit)
+        acq.rest = rest
+        with _room_for(max(budget.max_sessions, budget.max_sessions_per_client, budget.max_sessions_per_repo)):
+            while True:
+                for level in levels:
+                    for done, index in zip(levels, indices, strict=False):  # status shows slots held while queued
+                        _describe(
+                            dir_fd, done.record(index), _info(session, done, "queued", time.monotonic() - acq.start)
+                        )
+                    fd, index = acq.take(level)
+                    held.fds.append(fd)
+                    indices.append(index)
+                    held.slots.append(level.slot(index))
+                if holds.any_active(dir_fd, client) is None:
+                    break
+                # root placed a hold while we took our slots: give them back and wait like the rest
+                _close(held.fds)
+                held, indices = Held(), []
+                if rest:
+                    acq.hold_wait(levels[-1])  # refuses: a rest:// client never waits for a release
+                    acq.hold_wait(levels[-2])
+                elif budget.wait <= 0:
+                    acq.on_hold = holds.any_active(dir_fd, client) or "maintenance"
+                    raise acq.busy(levels[-1])
         held.waited = time.monotonic() - acq.start
         held.queues = acq.tickets
-        if acq.queued and _client_gone(watch_fd):
+        if (acq.queued or acq.on_hold) and _client_gone(watch_fd):
             raise Refusal(Kind.CLIENT_GONE, "the client went away while queued for a session slot")
         for level, index in zip(levels, indices, strict=True):
             _describe(dir_fd, level.record(index), _info(session, level, "serving", held.waited))

@@ -23,7 +23,9 @@ from typing import Any, Final
 
 from borg_gate import budgetfile, statedir
 
-RECORD_RE: Final = re.compile(r"rec\.(host|client\.([A-Za-z0-9][A-Za-z0-9._-]{0,63}))\.([0-9]{1,5})\.([0-9]{1,10})")
+RECORD_RE: Final = re.compile(
+    r"rec\.(host|repo\.[0-9a-f]{16}|client\.([A-Za-z0-9][A-Za-z0-9._-]{0,63}))\.([0-9]{1,5})\.([0-9]{1,10})"
+)
 MAX_SLOTS: Final = 10000  # the config's largest limit: slots beyond it are nobody's
 
 
@@ -37,17 +39,25 @@ class Holder:
     binary: str | None
     restrictions: tuple[str, ...]
     user: str | None
-    state: str | None = None  # "serving", or "queued" for a client slot held while waiting for a host slot
+    state: str | None = None  # "serving", or "queued" for a slot held while waiting for the next budget's
     waited: float | None = None
+    budget: str | None = None  # the budget's name: for a repository, its path
 
 
 @dataclass(frozen=True)
 class BudgetUsage:
-    kind: str  # "host" or "client"
-    name: str  # "host", the client name, or "?<region>" for a region no record names
+    kind: str  # "host", "client" or "repo"
+    name: str  # "host", the client name, the repository path, or "?<region>" for a region no record names
     limit: int
     holders: tuple[Holder, ...]
     waiters: int
+    priority_waiters: int = 0  # host: waiting in the priority lane (counted in waiters too)
+    reserved: int = 0  # host: slots only priority keys may take (the top ones)
+
+    @property
+    def reserved_in_use(self) -> int:
+        first = self.limit - self.reserved
+        return sum(1 for h in self.holders if self.reserved and int(h.slot.rpartition(".")[2]) >= first)
 
 
 # --- lock table (read-only view of who holds what) -------------------------------------------
@@ -199,13 +209,14 @@ def _holder(slot: str, pid: int | None, record: dict[str, Any]) -> Holder:
         user=text("user"),
         state=text("state"),
         waited=number("waited"),
+        budget=text("budget"),
     )
 
 
 # --- snapshot -----------------------------------------------------------------------------------
 
 
-def snapshot(state_dir: str, host_limit: int, client_limit: int) -> list[BudgetUsage]:
+def snapshot(state_dir: str, host_limit: int, client_limit: int, reserved: int = 0) -> list[BudgetUsage]:
     """Who holds which slot and how many wait, per budget: the host first, then each busy client.
 
     Read-only: takes no lock, creates nothing, so it can never make a connection wait or
@@ -213,7 +224,7 @@ def snapshot(state_dir: str, host_limit: int, client_limit: int) -> list[BudgetU
     --max-sessions), else ``client_limit``. Raises OSError when /proc/locks is unreadable,
     a misconfigured Refusal when the state dir is unsafe.
     """
-    empty = [BudgetUsage("host", "host", host_limit, (), 0)]
+    empty = [BudgetUsage("host", "host", host_limit, (), 0, 0, reserved)]
     try:
         dir_fd = statedir.open_dir(state_dir, create=False)
     except FileNotFoundError:
@@ -230,7 +241,7 @@ def snapshot(state_dir: str, host_limit: int, client_limit: int) -> list[BudgetU
             m = RECORD_RE.fullmatch(name)
             if m:
                 records.setdefault((m[1], int(m[3])), []).append((int(m[4]), name))
-        keys = {"host"} | {key for key, _ in records}
+        keys = {"host", "prio.host"} | {key for key, _ in records}
         regions = {budgetfile.region_number(key): key for key in keys}
         for a, b, _ in ranges:  # a locked region no record names: a client whose gate wrote none, or no gate
             first = max(1, a // budgetfile.REGION)  # region 0 holds the ticket counters
@@ -239,6 +250,8 @@ def snapshot(state_dir: str, host_limit: int, client_limit: int) -> list[BudgetU
         traced: dict[int, int] | None = None
         usages: dict[str, BudgetUsage] = {}
         for number, key in regions.items():
+            if key == "prio.host":
+                continue  # the host's priority lane: its waiters are the host's
             base = budgetfile.REGION * number
             holders: list[Holder] = []
             newest: tuple[float, int] | None = None
@@ -264,10 +277,16 @@ def snapshot(state_dir: str, host_limit: int, client_limit: int) -> list[BudgetU
             queued = waiters(ranges, key)
             if key != "host" and not holders and not queued:
                 continue
-            name = "host" if key == "host" else key.removeprefix("client.")
+            kind = key.partition(".")[0]
             limit = host_limit if key == "host" else (newest[1] if newest else client_limit)
-            usages[key] = BudgetUsage("host" if key == "host" else "client", name, limit, tuple(holders), queued)
+            if kind == "host":
+                prio = waiters(ranges, "prio.host")
+                usages[key] = BudgetUsage(kind, "host", limit, tuple(holders), queued + prio, prio, reserved)
+                continue
+            named = [h.budget for h in holders if h.budget]
+            name = named[0] if kind == "repo" and named else key.partition(".")[2]
+            usages[key] = BudgetUsage(kind, name, limit, tuple(holders), queued)
     finally:
         os.close(dir_fd)
     host = usages.pop("host", empty[0])
-    return [host] + [usages[k] for k in sorted(usages)]
+    return [host] + [usages[k] for k in sorted(usages, key=lambda k: (k.startswith("repo."), k))]

@@ -3,9 +3,9 @@
 Every file in it is reached through the directory descriptor returned here (``dir_fd``)
 and opened with O_NOFOLLOW, so nobody can swap the directory or plant a symlink between
 the check and the use. A state dir is refused (misconfigured) when it is a symlink, not a
-directory, owned by someone other than root or the gate's own user, or group- or
-world-writable without the sticky bit. It is created when missing (mode 0700 for the gate's
-own user); its parent must exist.
+directory, owned by someone other than root or the gate's own user, world-writable (sticky
+or not) or group-writable without the sticky bit. It is created when missing (mode 0700 for
+the gate's own user); its parent must exist.
 
 Sharing one host budget between several unix users (one per client) works through a group:
 
@@ -42,18 +42,30 @@ SHARED_UMASK: Final = 0o007
 HOWTO: Final = "create it with: install -d -o root -g <gate group> -m 3770 DIR"
 
 
-def unsafe(path: str, st: os.stat_result, owners: Container[int]) -> str | None:
-    """Why a state dir must not be used, or None: the one rule the gate and ``borg-gate check`` share."""
+def unsafe(path: str, st: os.stat_result, owners: Container[int], what: str = "state dir") -> str | None:
+    """Why a shared dir must not be used, or None: the one rule the gate and ``borg-gate check`` share.
+
+    For the state dir and, with ``what="log dir"``, the event log's dir. World-writable is
+    refused whether sticky or not (``/tmp``): every local user would be a member, able to plant
+    names, hold locks and fill the dir. Group-writable needs the sticky bit (else any member
+    could unlink the others' files).
+    """
     if not stat.S_ISDIR(st.st_mode):
-        return f"state dir {path}: not a directory"
+        return f"{what} {path}: not a directory"
     if st.st_uid not in owners:
-        return f"state dir {path}: owned by uid {st.st_uid}, not by root or this user"
+        return f"{what} {path}: owned by uid {st.st_uid}, not by root or this user"
     if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-        return f"state dir {path}: world-writable without the sticky bit"
+        return f"{what} {path}: world-writable without the sticky bit"
+    if st.st_mode & stat.S_IWOTH:
+        return (
+            f"{what} {path}: world-writable (sticky or not, every local user could plant and hold files"
+            f" in it); use a dir of its own: install -d -o root -g <gate group> -m 3770 DIR"
+        )
     if st.st_mode & stat.S_IWGRP and not st.st_mode & stat.S_ISVTX:
         return (
-            f"state dir {path}: group-writable without the sticky bit (any member could unlink the"
-            f" others' slot files); fix: install -d -o root -g {group_name(st.st_gid)} -m 3770 {path}"
+            f"{what} {path}: group-writable without the sticky bit (any member could unlink the"
+            f" others' {'slot files' if what == 'state dir' else 'files'}); fix: install -d -o root"
+            f" -g {group_name(st.st_gid)} -m 3770 {path}"
         )
     return None
 

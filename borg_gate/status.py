@@ -23,16 +23,20 @@ import psutil
 from borg_gate import config, counters, slotstatus
 from borg_gate.errors import Refusal
 from borg_gate.events import iso
+from borg_gate.printable import printable
 
 
 @dataclass(frozen=True)
 class Budget:
-    kind: str  # "host" or "client"
+    kind: str  # "host", "client" or "repo"
     name: str
     limit: int
     in_use: int
     free: int
     waiters: int
+    reserved: int = 0  # host: slots for --priority keys only
+    reserved_in_use: int = 0
+    priority_waiters: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Report:
     sessions: list[Session]
     sink_failures: dict[str, float]
     last_sink_errors: list[dict[str, Any]]
+    holds: list[dict[str, Any]]  # scope, reason, since: root's maintenance holds
 
 
 def load_config(path: str | None) -> config.Config:
@@ -70,7 +75,33 @@ def load_config(path: str | None) -> config.Config:
 
 
 def budgets(usage: Sequence[slotstatus.BudgetUsage]) -> list[Budget]:
-    return [Budget(u.kind, u.name, u.limit, len(u.holders), max(u.limit - len(u.holders), 0), u.waiters) for u in usage]
+    return [
+        Budget(
+            u.kind,
+            u.name,
+            u.limit,
+            len(u.holders),
+            max(u.limit - len(u.holders), 0),
+            u.waiters,
+            u.reserved,
+            u.reserved_in_use,
+            u.priority_waiters,
+        )
+        for u in usage
+    ]
+
+
+def current_holds(state_dir: str) -> list[dict[str, Any]]:
+    from borg_gate import holds, statedir
+
+    try:
+        dir_fd = statedir.open_dir(state_dir, create=False)
+    except FileNotFoundError:
+        return []
+    try:
+        return holds.all_holds(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def serving_process(pid: int, binary: str | None) -> psutil.Process | None:
@@ -127,7 +158,7 @@ def measure(holder: slotstatus.Holder, now: float) -> Session:
 
 
 def report(cfg: config.Config) -> Report:
-    usage = slotstatus.snapshot(cfg.state_dir, cfg.max_sessions, cfg.max_sessions_per_client)
+    usage = slotstatus.snapshot(cfg.state_dir, cfg.max_sessions, cfg.max_sessions_per_client, cfg.reserved_sessions)
     now = time.time()
     seen: dict[tuple[int | None, str | None, str], slotstatus.Holder] = {}
     for u in usage:
@@ -138,7 +169,15 @@ def report(cfg: config.Config) -> Report:
     sessions = sorted((measure(h, now) for h in seen.values()), key=lambda s: (s.client or "", s.started or ""))
     totals = counters.load(cfg.state_dir)
     failures = {"file": 0.0, "syslog": 0.0, **counters.by_label(totals.values, counters.SINK_FAILURES, "sink")}
-    return Report(cfg.state_dir, cfg.source, budgets(usage), sessions, failures, totals.last_errors[-3:])
+    return Report(
+        cfg.state_dir,
+        cfg.source,
+        budgets(usage),
+        sessions,
+        failures,
+        totals.last_errors[-3:],
+        current_holds(cfg.state_dir),
+    )
 
 
 def _size(n: int | None) -> str:
@@ -159,7 +198,8 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def _table(rows: list[list[str]]) -> list[str]:
+def _table(raw: list[list[str]]) -> list[str]:
+    rows = [[printable(c) for c in r] for r in raw]  # slot files are written by group members
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
@@ -185,13 +225,30 @@ def _row(s: Session) -> list[str]:
     ]
 
 
+def _when(ts: object) -> str:
+    """A counters file's timestamp, whatever a member wrote there instead of a number."""
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        return "?"
+    try:
+        return iso(float(ts))
+    except (ValueError, OverflowError, OSError):
+        return "?"
+
+
 def text(r: Report) -> str:
-    lines = [f"borg-gate status: state dir {r.state_dir} (config {r.config})", "", "budgets:"]
+    """The tables for a terminal: every text that came from a file goes through printable()."""
+    lines = [printable(f"borg-gate status: state dir {r.state_dir} (config {r.config})"), "", "budgets:"]
     rows = [["BUDGET", "IN USE", "FREE", "WAITING"]]
     for b in r.budgets:
-        label = "host" if b.kind == "host" else f"client {b.name}"
-        rows.append([label, f"{b.in_use}/{b.limit}", str(b.free), str(b.waiters)])
+        label = "host" if b.kind == "host" else f"{b.kind} {b.name}"
+        waiting = f"{b.waiters} ({b.priority_waiters} priority)" if b.priority_waiters else str(b.waiters)
+        rows.append([label, f"{b.in_use}/{b.limit}", str(b.free), waiting])
+        if b.reserved:
+            rows.append(["  reserved for --priority", f"{b.reserved_in_use}/{b.reserved}", "", ""])
     lines += _table(rows)
+    for h in r.holds:
+        since = iso(h["since"])[:19] + "Z" if h["since"] is not None else "?"
+        lines.append(printable(f"on hold: {h['scope']} since {since}: {h['reason']}"))
     lines += ["", f"sessions: {len(r.sessions)}"]
     if r.sessions:
         rows = [
@@ -212,8 +269,8 @@ def text(r: Report) -> str:
         rows += [_row(s) for s in r.sessions]
         lines += _table(rows)
     failures = ", ".join(f"{sink} {value:.0f}" for sink, value in sorted(r.sink_failures.items()))
-    lines += ["", f"log sink failures: {failures}"]
-    lines += [f"  last: {iso(float(e.get('ts', 0)))} {e.get('sink')}: {e.get('error')}" for e in r.last_sink_errors]
+    lines += ["", printable(f"log sink failures: {failures}")]
+    lines += [printable(f"  last: {_when(e.get('ts'))} {e.get('sink')}: {e.get('error')}") for e in r.last_sink_errors]
     return "\n".join(lines) + "\n"
 
 
@@ -229,7 +286,7 @@ def guarded(command: str, work: Callable[[], None]) -> int:
     try:
         work()
     except (Refusal, OSError) as exc:
-        print(f"borg-gate {command}: {exc}", file=sys.stderr)
+        print(f"borg-gate {command}: {printable(str(exc))}", file=sys.stderr)
         return 1
     return 0
 
@@ -241,6 +298,6 @@ def main(argv: list[str]) -> int:
 
     def work() -> None:
         r = report(load_config(args.config))
-        sys.stdout.write(json.dumps(asdict(r), indent=2) + "\n" if args.json else text(r))
+        sys.stdout.write(json.dumps(asdict(r), indent=2, ensure_ascii=True) + "\n" if args.json else text(r))
 
     return guarded("status", work)

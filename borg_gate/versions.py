@@ -7,7 +7,7 @@ keyed by the binary's inode, size and mtime/ctime, so an upgraded binary is re-d
 The state dir is shared by a group of gate users, any of whom could rewrite a shared cache
 and make the gate believe a borg that ignores ``--permissions`` is one that enforces it. So
 each unix user has its own cache (``borg-versions-<uid>.json``), read only when it is a
-regular file owned by that user and writable by nobody else, and written with O_EXCL and a
+regular file with one link owned by that user and writable by nobody else, and written with O_EXCL and a
 rename, both through the state dir's checked descriptor and never through a symlink; any
 other file under that name is ignored (the binary is asked again).
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from borg_gate import statedir
-from borg_gate.config import BinarySpec
+from borg_gate.config import BinarySpec, untrusted
 from borg_gate.errors import Refusal, misconfigured, shown
 
 VERSION_RE: Final = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)(?:(a|b|rc)([0-9]+))?(?:\.dev([0-9]+))?")
@@ -142,8 +142,8 @@ def _read_cache(dir_fd: int, name: str) -> dict[str, dict[str, str]]:
         return {}
     try:
         st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            return {}
+        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or st.st_nlink != 1:
+            return {}  # another's, writable by others, or a second name (hard link) of another file
         raw = os.read(fd, MAX_CACHE_BYTES + 1)
     except OSError:
         return {}
@@ -202,6 +202,9 @@ def resolve(spec: BinarySpec, state_dir: str) -> Borg:
         raise misconfigured(f"borg binary {spec.name} = {spec.path}: {exc.strerror}") from None
     if not os.access(spec.path, os.X_OK) or not (st.st_mode & 0o111):
         raise misconfigured(f"borg binary {spec.name} = {spec.path}: not executable")
+    problem = untrusted(st)  # the stat just taken: no extra system call
+    if problem is not None:
+        raise misconfigured(f"borg binary {spec.name} = {spec.path}: {problem}")
     if spec.version is not None:
         return Borg(spec, BorgVersion.parse(spec.version))
     return Borg(spec, _cached(spec, _identity(st), state_dir))

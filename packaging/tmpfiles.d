@@ -20,8 +20,10 @@ d     /run/borg-gate                3770 root borg-gate -   -
 f     /run/borg-gate/locks          0660 root borg-gate -   -
 #
 # /var/log/borg-gate: the JSON event log ([gate] log_file). The gate appends to it as whichever
-# backup user connects and would otherwise create it 0640 for itself alone, locking the others
-# out; so the file is made here, 0660 root:borg-gate, and logrotate re-creates it the same way.
-# Sticky too: a member can append to the log, never replace it (by a FIFO, a symlink, its own file).
-d     /var/log/borg-gate            3770 root borg-gate -   -
+# backup user connects, so the file is made here, 0660 root:borg-gate, and logrotate re-creates
+# it the same way. The dir is 0750: members can append to the file but create nothing beside it.
+# A group-writable dir would let a member create gate.jsonl herself in the instant between
+# logrotate's rename and its create, and own everyone's events (the gates refuse a log file not
+# owned by root or themselves, so that would cost events, counted as sink failures).
+d     /var/log/borg-gate            0750 root borg-gate -   -
 f     /var/log/borg-gate/gate.jsonl 0660 root borg-gate -   -

@@ -396,7 +396,11 @@ def test_state_dir_and_log_file_usable_by_the_gates_users(shared_dir: Path) -> N
     log.unlink()
     check.check_log_file(report, cfg, [shared])
     assert [(f.severity, f.code) for f in report.findings] == [(WARNING, "log-file")]
-    (shared_dir / "log").chmod(0o2770)
+    (shared_dir / "log").chmod(0o2770)  # the state dir's rule: group-writable needs the sticky bit
+    report = Report()
+    check.check_log_file(report, cfg, [shared])
+    assert [(f.severity, f.code) for f in report.findings] == [(ERROR, "log-dir")]
+    (shared_dir / "log").chmod(0o3770)
     report = Report()
     check.check_log_file(report, cfg, [shared])
     assert report.findings == []
@@ -433,10 +437,13 @@ def test_binaries_missing_or_misdescribed(site: Site) -> None:
 
 
 def test_config_writable_by_others(site: Site) -> None:
-    site.config.chmod(0o664)
-    assert only(site.run([]), "config-writable").severity == WARNING
+    """Issue 10, point 9d: the gate refuses such a config (whoever can edit it picks every user's borg)."""
+    for mode, who in ((0o664, "the group"), (0o646, "others"), (0o666, "the group and others")):
+        site.config.chmod(mode)
+        finding = only(site.run([]), "config")
+        assert finding.severity == ERROR and finding.message == f"writable by {who} (mode {mode:o})"
     site.config.chmod(0o644)
-    assert [f for f in site.run([]).findings if f.code == "config-writable"] == []
+    assert [f for f in site.run([]).findings if f.code == "config"] == []
 
 
 def test_key_config_of_its_own(site: Site) -> None:

@@ -48,3 +48,27 @@ def test_accept_env_that_reaches_the_gate_is_an_error(tmp_path: Path, lines: str
 def test_debian_default_accept_env_is_fine(tmp_path: Path) -> None:
     # Debian's sshd_config: AcceptEnv LANG LC_* (locale only; borg gets them, harmlessly)
     assert accept_env_findings(check(tmp_path, "AcceptEnv LANG LC_*\nExposeAuthInfo yes\n")) == []
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        "AcceptEnv LANG\nMatch User backup-*\n  AcceptEnv PYTHONPATH\n",
+        "Match Address 10.0.0.0/8\n  AcceptEnv LANG\nMatch Group borg-gate\n  AcceptEnv BORG_*\n",
+        "Match User x\n  Include {included}\n",
+    ],
+)
+def test_accept_env_in_a_match_block_is_reported(tmp_path: Path, lines: str) -> None:
+    """Issue 10, point 9c: a scoped AcceptEnv may select the gate's users; check says so."""
+    included = tmp_path / "included.conf"
+    included.write_text("AcceptEnv LD_PRELOAD\n")  # inside the Match that includes it
+    result = check(tmp_path, lines.format(included=included))
+    found = accept_env_findings(result)
+    assert len(found) == 1 and "(in a Match block)" in found[0], result
+    assert result["exit_code"] == 2
+
+
+def test_match_all_ends_the_scope(tmp_path: Path) -> None:
+    result = check(tmp_path, "Match User x\n  AcceptEnv LANG\nMatch all\nAcceptEnv PYTHONPATH\nExposeAuthInfo yes\n")
+    (found,) = accept_env_findings(result)
+    assert "(in a Match block)" not in found and "set PYTHONPATH" in found

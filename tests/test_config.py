@@ -57,6 +57,8 @@ GOOD = [
     ("limits", "max_sessions_per_client", "1", "max_sessions_per_client", 1, "1.5"),
     ("limits", "wait", "0", "wait", 0.0, '"10"'),
     ("limits", "wait", "2.5", "wait", 2.5, "true"),
+    ("limits", "reserved_sessions", "2", "reserved_sessions", 2, '"2"'),
+    ("limits", "max_sessions_per_repo", "3", "max_sessions_per_repo", 3, "0"),
     ("repos", "root", '"/backup/{client}"', "repos_root", "/backup/{client}", "{ a = 1 }"),
     ("repos", "root", '""', "repos_root", "", "0"),
     ("borg", "default", '"borg2"', "borg_default", "borg2", "2"),

@@ -7,9 +7,11 @@ it and hold its flock. None of that may cost a connection more than its counting
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,8 @@ import pytest
 from borg_gate import connection, counters, events
 from borg_gate.counters import series
 from borg_gate.events import EventLog
+from tests.hostile_users import MEMBER, VICTIM, popen_as, run_as, shared_dir, uid
+from tests.hostile_users import hostile_root as hostile_root  # a fixture
 from tests.recorder import Host
 
 OTHER_UID = 65534  # nobody: another member of the gate group
@@ -163,3 +167,95 @@ def test_emit_never_raises_whatever_a_sink_does(tmp_path: Path, monkeypatch: pyt
     log = EventLog(connection.current({}), log_file, syslog=sink == "send_syslog", state_dir=str(tmp_path))
     log.emit("session.started")
     assert log.failures == 2  # the broken sink and the counters
+
+
+SESSION_FILE = """
+import fcntl, os, sys
+os.umask(0o007)  # the gate's shared umask
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o660)  # like a slot file: group-writable, locked for hours
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+LINK = """
+import os, sys
+try:
+    os.link(sys.argv[1], sys.argv[2])
+    print("linked")
+except OSError as exc:
+    print(exc.errno)
+"""
+
+OPEN = """
+import os, sys
+try:
+    os.open(sys.argv[1], os.O_RDONLY)
+    print("opened")
+except OSError as exc:
+    print(exc.errno)
+"""
+
+
+def test_a_victims_file_linked_under_her_counters_name_costs_no_wait(hostile_root: Path) -> None:
+    """Issue 10, point 3, as two real users: the linked file's lock is a session's; it is never waited on.
+
+    The victim holds a lock on one of her group-writable files for good (as a session holds its
+    slot); the member links that file under the victim's counters name. Had the gate used it, the
+    count would wait LOCK_WAIT on a lock that never goes and return False: True means it did not wait.
+    """
+    state = shared_dir(hostile_root / "state")
+    session = state / "victim-session"
+    counters_name = state / f"counters-{uid(VICTIM)}.json"
+    holder = popen_as(VICTIM, SESSION_FILE, str(session))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n", holder.stderr
+        assert run_as(MEMBER, LINK, str(session), str(counters_name)).stdout == "linked\n"
+        assert counters_name.stat().st_nlink == 2 and counters_name.stat().st_uid == uid(VICTIM)
+        added = run_as(VICTIM, ADDER, str(state))
+        assert added.stdout == "True\n", added.stderr
+        assert session.read_bytes() == b"" and session.stat().st_nlink == 1  # her session file untouched
+        st = counters_name.stat()
+        assert (st.st_uid, st.st_nlink, stat.S_IMODE(st.st_mode)) == (uid(VICTIM), 1, 0o600)
+        totals = counters.load(str(state))
+        assert totals.values == {"a_total": 1, RESTARTED: 1}  # the planted name costs the history, and says so
+        assert "hard link" in totals.last_errors[-1]["error"]
+        # 0600: the member can neither open the new file (to hold its lock) nor, under
+        # fs.protected_hardlinks, link it anywhere
+        assert run_as(MEMBER, OPEN, str(counters_name)).stdout == f"{errno.EACCES}\n"
+        if Path("/proc/sys/fs/protected_hardlinks").read_text().strip() == "1":
+            assert run_as(MEMBER, LINK, str(counters_name), str(state / "x")).stdout == f"{errno.EPERM}\n"
+        assert run_as(VICTIM, ADDER, str(state)).stdout == "True\n"
+        assert counters.load(str(state)).values["a_total"] == 2
+    finally:
+        holder.communicate("")
+
+
+COUNTED_LOAD = """
+import json, sys, time
+from borg_gate import counters
+pauses = []
+real = time.sleep
+time.sleep = lambda s: (pauses.append(s), real(s))[1]
+print(json.dumps([counters.load(sys.argv[1]).unreadable, pauses]))
+"""
+
+
+def test_a_member_holding_her_own_files_lock_never_slows_status(hostile_root: Path) -> None:
+    """status (root) reading a member's counters file she keeps locked: skipped after a few tries, not waited on."""
+    state = shared_dir(hostile_root / "state")
+    assert run_as(MEMBER, ADDER, str(state)).stdout == "True\n"
+    mine_there = state / f"counters-{uid(MEMBER)}.json"
+    holder = popen_as(MEMBER, HOLDER.replace("LOCK_SH", "LOCK_EX"), str(mine_there))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n", holder.stderr
+        # root's status, in its own process; every pause it takes is recorded (a blocking flock
+        # would never return: the subprocess timeout turns that hang into a failure)
+        out = subprocess.run(
+            [sys.executable, "-c", COUNTED_LOAD, str(state)], capture_output=True, text=True, timeout=60, check=True
+        )
+        unreadable, pauses = json.loads(out.stdout)
+        assert unreadable == [mine_there.name]
+        assert len(pauses) == counters.READ_TRIES - 1 and sum(pauses) <= counters.READ_TRIES * counters.READ_PAUSE
+    finally:
+        holder.communicate("")

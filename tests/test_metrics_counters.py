@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from borg_gate import counters
 from borg_gate.counters import series
+from borg_gate.printable import printable
 
 
 def test_what_each_event_adds() -> None:
@@ -116,11 +117,12 @@ def test_concurrent_increments_are_never_lost(tmp_path: Path) -> None:
 
 @given(st.text(max_size=40), st.text(max_size=40))
 def test_series_is_valid_exposition(client: str, reason: str) -> None:
-    """Whatever the label text, Prometheus reads back the same value; by_label recovers it too."""
+    """Whatever the label text, Prometheus reads back the same value, control characters escaped; by_label too."""
     key = series("x_total", client=client, reason=reason)
     assert counters.SERIES_RE.fullmatch(key)
     (family,) = text_string_to_metric_families(f"# TYPE x_total counter\n{key} 3\n")
     (sample,) = family.samples
+    client, reason = printable(client), printable(reason)
     assert sample.labels == {"client": client, "reason": reason} and sample.value == 3
     assert counters.by_label({key: 3.0}, "x_total", "client") == {client: 3.0}
     assert counters.by_label({key: 3.0}, "x_total", "reason") == {reason: 3.0}

@@ -67,7 +67,7 @@ def test_tmpfiles_entry_makes_the_configs_default_paths_shared_by_the_group() ->
             entries[path] = (kind, mode, user, group)
     defaults = config.Config()
     assert entries[defaults.state_dir] == ("d", "3770", "root", GROUP)
-    assert entries[str(Path(defaults.log_file).parent)] == ("d", "3770", "root", GROUP)
+    assert entries[str(Path(defaults.log_file).parent)] == ("d", "0750", "root", GROUP)  # only root creates there
     assert entries[defaults.log_file] == ("f", "0660", "root", GROUP)
     assert entries[f"{defaults.state_dir}/locks"] == ("f", "0660", "root", GROUP)  # the budget: root's alone
 
@@ -80,7 +80,7 @@ def test_tmpfiles_entry_is_what_systemd_tmpfiles_applies(tmp_path: Path) -> None
     run("systemd-tmpfiles", "--create", f"--root={tmp_path}", PACKAGING / "tmpfiles.d")
     for path, mode in (
         ("run/borg-gate", 0o3770),
-        ("var/log/borg-gate", 0o3770),
+        ("var/log/borg-gate", 0o750),
         ("var/log/borg-gate/gate.jsonl", 0o660),
         ("run/borg-gate/locks", 0o660),
     ):

@@ -95,9 +95,13 @@ def test_package_installs_the_gate_under_usr_with_its_conffiles(deb: Path) -> No
     }
     listed = set(run("dpkg", "-L", "borg-gate").stdout.split())
     assert {str(INSTALLED), "/usr/lib/tmpfiles.d/borg-gate.conf", "/usr/lib/borg-gate/bin/python3"} <= listed
+    # the metrics timer is installed, and left disabled: nothing links it into timers.target
+    units = {f"/usr/lib/systemd/system/borg-gate-metrics.{kind}" for kind in ("service", "timer")}
+    assert units <= listed
+    assert not os.path.lexists("/etc/systemd/system/timers.target.wants/borg-gate-metrics.timer")
     # postinst made the group and, through the tmpfiles entry, the shared paths
     gid = int(run("getent", "group", GROUP).stdout.split(":")[2])
-    for path, mode in (("/run/borg-gate", 0o3770), ("/var/log/borg-gate", 0o3770)):
+    for path, mode in (("/run/borg-gate", 0o3770), ("/var/log/borg-gate", 0o750)):
         st = os.stat(path)
         assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, 0, gid), path
     for path in ("/var/log/borg-gate/gate.jsonl", "/run/borg-gate/locks"):

@@ -142,6 +142,15 @@ def test_an_owned_private_cache_is_believed(tmp_path: Path) -> None:
     assert detections(binary) == 0
 
 
+def test_a_cache_with_a_second_name_is_not_believed(tmp_path: Path) -> None:
+    """A hard link: the name is a second door to another file of this user's, not the cache it wrote."""
+    binary = fake_borg(tmp_path / "bin", "2.0.0b22")
+    cache = _plant(tmp_path, binary, "2.0.0b21", 0o644)
+    os.link(cache, tmp_path / "elsewhere")
+    assert resolve(_spec(binary), str(tmp_path)).version == BorgVersion.parse("2.0.0b22")
+    assert detections(binary) == 1
+
+
 def test_a_cache_owned_by_another_uid_is_not_believed_and_is_replaced(tmp_path: Path) -> None:
     binary = fake_borg(tmp_path / "bin", "2.0.0b22")
     cache = _plant(tmp_path, binary, "2.0.0b21", 0o644)

@@ -53,11 +53,14 @@ def test_unsafe_state_dir_is_refused(site: Site, prepare, reason: str) -> None: 
     assert site.started() == {}
 
 
-def test_world_writable_sticky_state_dir_is_accepted(site: Site) -> None:
+def test_world_writable_sticky_state_dir_is_refused(site: Site) -> None:
+    """Like /tmp: every local user would be a member, able to plant names and hold locks."""
     site.state_dir.mkdir()
     site.state_dir.chmod(0o1777)
-    assert site.spawn("alice").wait(60) == 0
-    assert len(site.started()) == 1
+    gate = site.spawn("alice")
+    assert gate.wait(60) == Kind.MISCONFIGURED
+    assert gate.stderr().startswith(f"borg-gate: state dir {site.state_dir}: world-writable (sticky or not")
+    assert site.started() == {}
 
 
 @pytest.mark.parametrize(("plant", "reason"), [("symlink", "a symlink"), ("fifo", "not a regular file")])

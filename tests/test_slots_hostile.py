@@ -32,8 +32,9 @@ VICTIM, MEMBER = USERS
 # The member's hands: a process of her own that takes one action per line on stdin (JSON) and
 # answers "ok" or the error, so that a test or a state machine can interleave her with gates.
 MEMBER_SCRIPT = r"""
-import json, os, sys
+import fcntl, json, os, struct, sys
 os.umask(0)
+held = []
 for line in sys.stdin:
     act = json.loads(line)
     op, d = act["op"], act["dir"]
@@ -62,6 +63,11 @@ for line in sys.stdin:
             os.unlink(name)
         elif op == "rename":
             os.rename(os.path.join(d, act["src"]), name)
+        elif op == "lock":  # as any gate can: an OFD lock on a byte range, kept while she runs
+            fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW)
+            kind = fcntl.F_RDLCK if act.get("shared") else fcntl.F_WRLCK
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", kind, 0, act["start"], act["length"], 0))
+            held.append(fd)
         print("ok", flush=True)
     except OSError as exc:
         print(f"{type(exc).__name__}: {exc.strerror}", flush=True)
@@ -288,3 +294,25 @@ def test_garbage_in_the_ticket_counters_costs_order_never_a_slot(pair: tuple[Sit
     assert [g.wait(60) for g in waiters] == [0] * 4, [g.stderr() for g in waiters]
     assert site.counter()["max"]["host"] == 1
     assert_all_free(site)
+
+
+def test_a_member_holding_locks_costs_slots_never_the_deadline(pair: tuple[Site, Member]) -> None:
+    """What she can do as any gate can: lock bytes. Every slot, or every ticket of the queue, taken by
+    her: connections wait until their deadline and are refused as busy; none hangs or spins."""
+    from borg_gate import budgetfile
+
+    site, member = pair
+    host = budgetfile.region("host")
+    assert (
+        member.do("lock", "locks", start=host + budgetfile.TICKETS, length=budgetfile.TICKET_SPACE, shared=True) == "ok"
+    )
+    blocked = site.spawn("alice", "--wait", "1")
+    assert blocked.wait(60) == Kind.BUSY, blocked.stderr()
+    assert blocked.stderr().startswith("borg-gate: server busy:")
+    assert member.do("lock", "locks", start=host, length=1) == "ok"  # and the only host slot
+    refused = site.spawn("bob", "--wait", "0")
+    assert refused.wait(60) == Kind.BUSY
+    holder = site.usage()[0].holders[0]
+    assert (holder.pid, holder.client) == (member.proc.pid, None)  # root's status names her process
+    member.close()  # her locks go with her process
+    assert site.spawn("alice", "--wait", "1", env={"LC_SLOTS_SECONDS": "0"}).wait(60) == 0

@@ -64,9 +64,12 @@ def shared_site(root: Path, mode: int, max_sessions: int = 2) -> tuple[Site, Sit
     state.chmod(mode)
     site_a = Site(root, max_sessions=max_sessions, per_client=1, run_as=as_user(USERS[0]), state=state)
     site_b = Site(root, max_sessions=max_sessions, per_client=1, run_as=as_user(USERS[1]), state=state)
-    for path in (root / "bin" / "counter.json", root / "bin" / "events.log", site_a.log_file):
+    for path in (root / "bin" / "counter.json", root / "bin" / "events.log"):
         path.touch()
-        path.chmod(0o666)  # the recorders and gates write these as either user
+        path.chmod(0o666)  # the recorders write these as either user
+    site_a.log_file.touch()  # root's, the group's to append to: as the tmpfiles entry makes gate.jsonl
+    os.chown(site_a.log_file, 0, grp.getgrnam(GROUP).gr_gid)
+    site_a.log_file.chmod(0o660)
     return site_a, site_b
 
 

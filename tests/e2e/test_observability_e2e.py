@@ -69,6 +69,14 @@ def holding_client(
     return go, client, results
 
 
+def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
 def test_status_and_metrics_during_a_real_borg_session(site: Site, tmp_path: Path) -> None:
     alice, repos, repo = alice_repo(site, "--client alice")
 
@@ -93,13 +101,14 @@ def test_status_and_metrics_during_a_real_borg_session(site: Site, tmp_path: Pat
 
         out = admin(site, "metrics", user="bgate-c")
         assert out.returncode == 0, out.stderr
-        samples = {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(out.stdout)
-            for s in family.samples
-        }
+        samples = samples_of(out.stdout)
         assert samples[("borg_gate_sessions_in_use", (("budget", "host"),))] == 1
         assert samples[("borg_gate_sessions_in_use", (("budget", "client"), ("client", "alice")))] == 1
+        # each user's counters are its own (0600: a file others can open is one they can hold locked)
+        assert ("borg_gate_sessions_started_total", (("client", "alice"),)) not in samples
+        out = admin(site, "metrics")  # root, as node_exporter's textfile timer runs it
+        assert out.returncode == 0, out.stderr
+        samples = samples_of(out.stdout)
         assert samples[("borg_gate_sessions_started_total", (("client", "alice"),))] == 2  # init, with-lock
     finally:
         go.touch()

@@ -93,6 +93,8 @@ class Site:
     gates: list[Gate] = field(default_factory=list)
     run_as: Sequence[str] = ()  # e.g. setpriv … --: run every gate as another user
     state: Path | None = None  # the state dir, when not ``root/state`` (e.g. made by the tmpfiles entry)
+    reserved: int = 0
+    per_repo: int = 1
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -125,6 +127,8 @@ class Site:
             f"max_sessions = {self.max_sessions}\n"
             f"max_sessions_per_client = {self.per_client}\n"
             f"wait = {self.wait}\n"
+            f"reserved_sessions = {self.reserved}\n"
+            f"max_sessions_per_repo = {self.per_repo}\n"
             "[repos]\n"
             f'root = "{self.root}/repos/{{client}}"\n'
             "[borg]\n"
@@ -150,6 +154,14 @@ class Site:
         gate = Gate(proc, client, read_end, stderr_path)
         self.gates.append(gate)
         return gate
+
+    def admin_command(self, *args: str) -> list[str]:
+        return [PYTHON, "-m", "borg_gate", args[0], "--config", str(self.config), *args[1:]]
+
+    def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``borg-gate ARGS --config <this site>`` as root, e.g. ``hold --reason x``."""
+        command = self.admin_command(*args)
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=self.root, check=False)
 
     def wait_all(self, timeout: float = 300) -> list[int]:
         return [g.wait(timeout) for g in self.gates]
@@ -200,7 +212,7 @@ class Site:
         return read_events(self.log_file, name)
 
     def usage(self) -> list[slots.BudgetUsage]:
-        return slots.snapshot(str(self.state_dir), self.max_sessions, self.per_client)
+        return slots.snapshot(str(self.state_dir), self.max_sessions, self.per_client, self.reserved)
 
     def wait_for(self, predicate: Any, what: str, timeout: float = 60) -> None:
         """Poll until ``predicate()`` holds: for waiting on other processes, never a speed claim."""
