@@ -69,7 +69,8 @@ def clients(site: Site, n: int, borg: str, rest: bool) -> list[Client]:
     return [Client(site, site.key(f"host{i}"), borg, rest) for i in range(n)]
 
 
-def round_of(site: Site, side: str, family: str, borg: str, n: int, number: int, src: Path) -> Outcome:
+def round_of(site: Site, side: str, family: str, borg: str, n: int, number: int, src: Path) -> tuple[Outcome, str]:
+    """One round's outcome, and a note naming failed creates whose archive is in the repository."""
     rest = family.startswith("rest")
     mixed = family.endswith("mixed")
     repo = repo_path(site, f"{family}-{side}-{number}")
@@ -84,9 +85,8 @@ def round_of(site: Site, side: str, family: str, borg: str, n: int, number: int,
     made = {f"host{i}" for i, r in enumerate(outcome.results[: len(hosts) - mixed]) if r.returncode == 0}
     archives = set(admin.names(repo))
     assert made <= archives, (archives, outcome.summary())  # every success is in the repository
-    if archives - made:
-        print(f"    in the repository although their create failed: {', '.join(sorted(archives - made))}")
-    return outcome
+    late = sorted(archives - made)
+    return outcome, f"\n    in the repository although their create failed: {', '.join(late)}" if late else ""
 
 
 def counts(site: Site, sides: list[str], rounds: int, n: int) -> None:
@@ -104,11 +104,12 @@ def counts(site: Site, sides: list[str], rounds: int, n: int) -> None:
             per_side[side] = []
             for number in range(rounds):
                 began = time.monotonic()
-                outcome = round_of(site, side, family, borg, n, number, src)
+                outcome, note = round_of(site, side, family, borg, n, number, src)
                 took = time.monotonic() - began
                 per_side[side].append(outcome)
                 print(
-                    f"  {side:8} round {number + 1} ({took:.1f} s with init and list): {outcome.summary()}", flush=True
+                    f"  {side:8} round {number + 1} ({took:.1f} s with init and list): {outcome.summary()}{note}",
+                    flush=True,
                 )
         totals = "   ".join(
             f"{side}: {sum(o.ok for o in got)}/{sum(len(o.results) for o in got)} succeeded"
