@@ -325,6 +325,21 @@ class Site(GateHost):
         cwd: Path | None = None,
     ) -> Result:
         """Run a real borg client as root on this host, talking to the site over ssh."""
+        cmd = [borg, *args]
+        p = subprocess.run(
+            cmd,
+            env=self.borg_env(key, env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=stdin,
+            check=False,
+            cwd=cwd,
+        )
+        return Result(cmd, p.returncode, p.stdout, p.stderr)
+
+    def borg_env(self, key: ClientKey, env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """A borg client's environment for ``key``: its own base dir, ssh with that key, no prompts."""
         base = self.root / "borg-base" / key.name
         base.mkdir(exist_ok=True)
         full_env = {
@@ -340,11 +355,7 @@ class Site(GateHost):
             "BORG_CHECK_I_KNOW_WHAT_I_AM_DOING": "YES",
         }
         full_env.update(env or {})
-        cmd = [borg, *args]
-        p = subprocess.run(
-            cmd, env=full_env, capture_output=True, text=True, timeout=timeout, input=stdin, check=False, cwd=cwd
-        )
-        return Result(cmd, p.returncode, p.stdout, p.stderr)
+        return full_env
 
     def ssh(self, user: str, key: ClientKey, command: str | None, *, timeout: float = 60) -> Result:
         """Plain ssh to the gate (what scp, rsync or a person would do)."""
