@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -29,15 +29,20 @@ PACKAGE = Path(__file__).resolve().parents[1] / "borg_gate"
 _copies: dict[str, Path] = {}
 
 
-def ensure_users() -> None:
-    subprocess.run(["groupadd", "-f", GROUP], check=True)
-    for user in (VICTIM, MEMBER):
+def make_users(group: str, users: Sequence[str]) -> None:
+    """``users`` (no home, no login shell), each a member of ``group``; made if missing, as root."""
+    subprocess.run(["groupadd", "-f", group], check=True)
+    for user in users:
         try:
             pwd.getpwnam(user)
         except KeyError:
-            subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-G", GROUP, user], check=True)
-        if user not in grp.getgrnam(GROUP).gr_mem:
-            subprocess.run(["usermod", "-aG", GROUP, user], check=True)
+            subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-G", group, user], check=True)
+        if user not in grp.getgrnam(group).gr_mem:
+            subprocess.run(["usermod", "-aG", group, user], check=True)
+
+
+def ensure_users() -> None:
+    make_users(GROUP, (VICTIM, MEMBER))
 
 
 def uid(user: str) -> int:

@@ -11,7 +11,6 @@ import os
 import pwd
 import shutil
 import stat
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from borg_gate.errors import Kind
+from tests.hostile_users import as_user, make_users
 from tests.slots_support import Hold, Site, apply_tmpfiles, assert_all_free
 
 GROUP = "bgslot"
@@ -26,19 +26,7 @@ USERS = ("bgslot-a", "bgslot-b")
 
 
 def ensure_users() -> None:
-    subprocess.run(["groupadd", "-f", GROUP], check=True)
-    for user in USERS:
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-G", GROUP, user], check=True)
-        if user not in grp.getgrnam(GROUP).gr_mem:
-            subprocess.run(["usermod", "-aG", GROUP, user], check=True)
-
-
-def as_user(user: str) -> list[str]:
-    pw = pwd.getpwnam(user)
-    return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"]
+    make_users(GROUP, USERS)
 
 
 @pytest.fixture
