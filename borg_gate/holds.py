@@ -20,7 +20,13 @@ import os
 import stat
 import sys
 import time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    import argparse
+
+    from borg_gate.config import Config
+    from borg_gate.events import EventLog
 
 HOLD_RECHECK: Final = 0.25
 MAX_REASON: Final = 200
@@ -80,7 +86,7 @@ def clean(reason: str) -> str:
 def place(dir_fd: int, client: str | None, reason: str) -> dict[str, Any]:
     """Write the hold atomically (a temp name, then rename over whatever a member put there)."""
     hold = {"scope": "host" if client is None else f"client:{client}", "reason": clean(reason), "since": time.time()}
-    temp = f".{file_name(client)}.{os.getpid()}"
+    temp = f".{file_name(client)}.{os.urandom(8).hex()}"  # unguessable: a member cannot squat it
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
     try:
         os.write(fd, (json.dumps(hold) + "\n").encode())
@@ -170,28 +176,36 @@ def main(argv: list[str], *, release: bool = False) -> int:
     log = EventLog(connection.current(os.environ), cfg.log_file, syslog=cfg.syslog, state_dir=cfg.state_dir)
     scope = "host" if ns.client is None else f"client {ns.client}"
     try:
-        if release:
-            was = lift(dir_fd, ns.client)
-            if was is None:
-                print(f"no hold on {scope}")
-                return 0
-            log.emit("hold.released", scope=was.get("scope", scope), reason=was.get("reason"), since=was.get("since"))
-            print(f"released {scope}")
-            return 0
-        hold = place(dir_fd, ns.client, ns.reason)
-        log.emit("hold.set", scope=hold["scope"], reason=hold["reason"], drain=ns.drain)
-        print(f"holding {scope}: {hold['reason']}")
-        if not ns.drain:
-            return 0
-        deadline = time.monotonic() + ns.timeout
-        while True:
-            left = running(cfg.state_dir, ns.client, (cfg.max_sessions, cfg.max_sessions_per_client))
-            if not left:
-                print(f"drained {scope}")
-                return 0
-            if time.monotonic() >= deadline:
-                print(f"not drained after {ns.timeout:g} s; still running:", *left, sep="\n  ")
-                return 1
-            time.sleep(0.2)
+        return _run(ns, cfg, dir_fd, log, scope, release=release)
+    except OSError as exc:
+        print(f"borg-gate {command}: {cfg.state_dir}: {exc.strerror}", file=sys.stderr)
+        return 2
     finally:
         os.close(dir_fd)
+
+
+def _run(ns: argparse.Namespace, cfg: Config, dir_fd: int, log: EventLog, scope: str, *, release: bool) -> int:
+    """The command itself, on the open state dir: place or lift the hold, then drain."""
+    if release:
+        was = lift(dir_fd, ns.client)
+        if was is None:
+            print(f"no hold on {scope}")
+            return 0
+        log.emit("hold.released", scope=was.get("scope", scope), reason=was.get("reason"), since=was.get("since"))
+        print(f"released {scope}")
+        return 0
+    hold = place(dir_fd, ns.client, ns.reason)
+    log.emit("hold.set", scope=hold["scope"], reason=hold["reason"], drain=ns.drain)
+    print(f"holding {scope}: {hold['reason']}")
+    if not ns.drain:
+        return 0
+    deadline = time.monotonic() + ns.timeout
+    while True:
+        left = running(cfg.state_dir, ns.client, (cfg.max_sessions, cfg.max_sessions_per_client))
+        if not left:
+            print(f"drained {scope}")
+            return 0
+        if time.monotonic() >= deadline:
+            print(f"not drained after {ns.timeout:g} s; still running:", *left, sep="\n  ")
+            return 1
+        time.sleep(0.2)
