@@ -495,17 +495,24 @@ class _Acquirer:
             reason = self.hold_on(level)
         self.on_hold = None
 
+    @staticmethod
+    def priority_lane(level: Level) -> int | None:
+        """Where the tickets of the priority lane a normal host head must yield to start, or None."""
+        if level.kind != "host" or level.priority:
+            return None
+        return budgetfile.region(f"prio.{level.key}") + budgetfile.TICKETS
+
     def behind_priority(self, level: Level, ticket: Ticket) -> None:
         """A normal connection at the host's head: wait while priority connections queue."""
-        if level.kind != "host" or level.priority:
-            return
-        start = budgetfile.region(f"prio.{level.key}") + budgetfile.TICKETS
-        os.close(self.locked(start, budgetfile.TICKET_SPACE, lambda: self.announce(level, ticket), shared=True))
+        start = self.priority_lane(level)
+        if start is not None:
+            on_wait = lambda: self.announce(level, ticket)  # noqa: E731
+            os.close(self.locked(start, budgetfile.TICKET_SPACE, on_wait, shared=True))
 
     def priority_waiting(self, level: Level) -> bool:
-        if level.kind != "host" or level.priority:
+        start = self.priority_lane(level)
+        if start is None:
             return False
-        start = budgetfile.region(f"prio.{level.key}") + budgetfile.TICKETS
         fd = budgetfile.reopen(self.locks)
         try:
             return not budgetfile.lock(fd, start, budgetfile.TICKET_SPACE, shared=True)

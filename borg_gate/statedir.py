@@ -118,13 +118,13 @@ def open_dir(path: str, *, create: bool = True) -> int:
     raise misconfigured(f"state dir {path}: vanished while being created")
 
 
-def open_file(dir_fd: int, name: str, *, create: bool = True, exclusive: bool = False) -> int:
+def open_file(dir_fd: int, name: str, *, create: bool = True) -> int:
     """A regular file in the state dir, read-write, never through a symlink; raises OSError.
 
     O_NONBLOCK keeps a FIFO planted under a slot's name from hanging the open; it changes
     nothing for regular files, and anything else is refused.
     """
-    flags = FILE_FLAGS | (os.O_CREAT if create else 0) | (os.O_EXCL if exclusive else 0)
+    flags = FILE_FLAGS | (os.O_CREAT if create else 0)
     fd = os.open(name, flags, FILE_MODE, dir_fd=dir_fd)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
