@@ -48,9 +48,12 @@ import fcntl
 import os
 import stat
 import struct
-from typing import Final
 
 from borg_gate.errors import misconfigured
+
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
+if TYPE_CHECKING:
+    from typing import Final
 
 NAME: Final = "locks"
 REGION: Final = 1 << 25

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Final
 
-from borg_gate import authkeys, budgetfile, cli, config, confine, keyopts, policy, statedir, versions
+from borg_gate import authkeys, budgetfile, cli, config, confine, keyopts, policy, statedir, values, versions
 from borg_gate.config import BinarySpec, Config
 from borg_gate.errors import Refusal, shown
 from borg_gate.keyopts import KeyOptions
@@ -230,7 +230,8 @@ class Site:
         except Refusal as exc:
             self.report.add(ERROR, "binary", exc.reason, source)
             return None
-        served = ", ".join(k.replace("_", "-") for k, v in asdict(found.features).items() if v) or "restrict only"
+        features = values.asdict(found.features)
+        served = ", ".join(k.replace("_", "-") for k, v in features.items() if v) or "restrict only"
         self.report.add(
             INFO, "binary", f"borg binary {spec.name} = {spec.path}: borg {found.version} ({served})", source
         )

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Final
+
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
+if TYPE_CHECKING:
+    from typing import Final
 
 ADMIN: Final = {
     "status": "borg_gate.status",

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
-from typing import Final
 
 from borg_gate.errors import bad_command, shown
+from borg_gate.values import frozen
+
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
+if TYPE_CHECKING:
+    from typing import Final
 
 MAX_COMMAND_LENGTH: Final = 4096
 MAX_DEBUG_TOPICS: Final = 32
@@ -64,7 +67,7 @@ LOG_FLAGS: Final = {
 }
 
 
-@dataclass(frozen=True)
+@frozen
 class ClientRequest:
     """What the client asked for, reduced to the parts the gate passes on."""
 

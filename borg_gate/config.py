@@ -12,11 +12,16 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final
 
 from borg_gate.errors import misconfigured, shown
+from borg_gate.values import field, frozen
+
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any, Final
+
+    Checker = Callable[[str, object], object]
 
 DEFAULT_CONFIG_PATH: Final = "/etc/borg-gate/config.toml"
 CONFIG_ENV: Final = "BORG_GATE_CONFIG"
@@ -33,7 +38,7 @@ KEY_ONLY_ENV: Final = {
 }
 
 
-@dataclass(frozen=True)
+@frozen
 class BinarySpec:
     """One borg a key may be served by: its name, absolute path and (optionally) stated version."""
 
@@ -48,7 +53,7 @@ DEFAULT_BINARIES: Final = {
 }
 
 
-@dataclass(frozen=True)
+@frozen
 class Config:
     source: str = "<built-in defaults>"
     state_dir: str = "/run/borg-gate"
@@ -161,8 +166,6 @@ def _binary(key: str, name: str, value: object) -> BinarySpec:
         return BinarySpec(name, _abs_path(f"{key}.path", value["path"]), version)
     raise _Bad(key, 'must be a path or a table { path = "...", version = "..." }')
 
-
-Checker = Callable[[str, object], object]
 
 # section -> key -> (Config field, checker). The one place the file's grammar lives.
 SCHEMA: Final[dict[str, dict[str, tuple[str, Checker]]]] = {

@@ -16,12 +16,15 @@ ancestors, a confinement holding the key's own authorized_keys).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 from borg_gate.errors import misconfigured, not_allowed, shown
 from borg_gate.policy import Confinement
 
-Resolve = Callable[[str], str]
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Resolve = Callable[[str], str]
 
 
 def _real(path: str) -> str:

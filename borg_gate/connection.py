@@ -6,8 +6,12 @@ import base64
 import os
 import pwd
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+
+from borg_gate.values import frozen
+
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 def _sha256(data: bytes) -> bytes:
@@ -24,7 +28,7 @@ def _sha256(data: bytes) -> bytes:
     return digest
 
 
-@dataclass(frozen=True)
+@frozen
 class Connection:
     id: str  # one transaction id for all of a connection's events (gitolite's lesson)
     unix_user: str

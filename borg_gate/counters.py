@@ -53,13 +53,15 @@ import os
 import re
 import stat
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final
 
 from borg_gate import statedir
 from borg_gate.errors import Refusal
 from borg_gate.printable import printable
+
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, Final
 
 PREFIX: Final = "counters-"
 # The owner's alone: a file others can open is a file others can flock (and, with
@@ -214,14 +216,14 @@ def merge_last(into: dict[str, dict[str, float]], other: Mapping[str, Mapping[st
             mine["success"] = entry["success"]
 
 
-@dataclass
 class Totals:
-    """Counters summed over every user's file, and each file's latest sink error."""
+    """Counters summed over every user's file, and each file's latest sink error (filled in by load)."""
 
-    values: dict[str, float] = field(default_factory=dict)
-    last: dict[str, dict[str, float]] = field(default_factory=dict)  # client -> its latest session
-    last_errors: list[dict[str, Any]] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+        self.last: dict[str, dict[str, float]] = {}  # client -> its latest session
+        self.last_errors: list[dict[str, Any]] = []
+        self.unreadable: list[str] = []
 
 
 def _parse(raw: bytes) -> dict[str, Any] | None:

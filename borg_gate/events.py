@@ -28,11 +28,14 @@ import json
 import os
 import stat
 import time
-from collections.abc import Mapping, MutableMapping
-from typing import Any, Final
 
 from borg_gate import counters, statedir
 from borg_gate.connection import Connection
+
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
+if TYPE_CHECKING:
+    from collections.abc import Mapping, MutableMapping
+    from typing import Any, Final
 
 SYSLOG_SOCKET: Final = "/dev/log"
 SYSLOG_FACILITY: Final = 3  # LOG_DAEMON

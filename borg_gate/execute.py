@@ -8,10 +8,13 @@ it ends, however it ends.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
-from typing import Final, NoReturn
 
 from borg_gate.errors import misconfigured
+
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from typing import Final, NoReturn
 
 PASSED_ENV: Final = frozenset({"HOME", "USER", "LOGNAME", "PATH", "LANG", "TZ", "SSH_CONNECTION", "SSH_CLIENT"})
 DEFAULT_PATH: Final = "/usr/local/bin:/usr/bin:/bin"

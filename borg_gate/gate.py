@@ -11,8 +11,6 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Mapping
-from typing import Final, NoReturn
 
 from borg_gate import (
     command,
@@ -30,6 +28,11 @@ from borg_gate import (
 from borg_gate.errors import Kind, Refusal, misconfigured
 from borg_gate.events import EventLog, log_dir_problem
 from borg_gate.interrupt import Interrupted
+
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Final, NoReturn
 
 # The client reads stdout EOF before stderr in the same select pass: exiting at once loses
 # the refusal line about half the time (BORG-FACTS). A short pause lets it arrive.

@@ -20,10 +20,11 @@ import os
 import stat
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Final
 
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
 if TYPE_CHECKING:
     import argparse
+    from typing import Any, Final
 
     from borg_gate.config import Config
     from borg_gate.events import EventLog

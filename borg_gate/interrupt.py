@@ -22,11 +22,14 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found,unused-ignore]  # no stubs: the C module behind signal
 import os
 import signal
-from collections.abc import Collection
-from types import FrameType
-from typing import Final
 
 from borg_gate.errors import Kind
+
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
+if TYPE_CHECKING:
+    from collections.abc import Collection
+    from types import FrameType
+    from typing import Final
 
 CLIENT_GONE: Final = int(Kind.CLIENT_GONE)
 ENDING: Final = (

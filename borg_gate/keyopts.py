@@ -11,10 +11,13 @@ import enum
 import os
 import re
 import sys
-from dataclasses import dataclass
-from typing import Final, NoReturn
 
 from borg_gate.errors import Kind, misconfigured, shown
+from borg_gate.values import frozen
+
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
+if TYPE_CHECKING:
+    from typing import Final, NoReturn
 
 CLIENT_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SIZE_RE: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)([KMGTP]?)")
@@ -31,7 +34,7 @@ class Permission(enum.Enum):
     READ_ONLY = "read-only"
 
 
-@dataclass(frozen=True)
+@frozen
 class KeyOptions:
     client: str | None = None
     config: str | None = None

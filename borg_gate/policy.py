@@ -7,16 +7,15 @@ permissions come from the key line and the config.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from borg_gate.command import ClientRequest
 from borg_gate.config import BinarySpec, Config
 from borg_gate.errors import misconfigured, not_allowed, shown
 from borg_gate.keyopts import CLIENT_RE, KeyOptions, Permission
+from borg_gate.values import frozen
 from borg_gate.versions import Borg
 
 
-@dataclass(frozen=True)
+@frozen
 class Confinement:
     """Where a key's borg serve may open repositories; borg enforces it, the gate checks rest paths."""
 
@@ -32,7 +31,7 @@ class Confinement:
         ]
 
 
-@dataclass(frozen=True)
+@frozen
 class Budget:
     """The session limits and queueing deadline that apply to this connection."""
 
@@ -44,7 +43,7 @@ class Budget:
     max_sessions_per_repo: int = 1  # when the gate knows the repository before exec
 
 
-@dataclass(frozen=True)
+@frozen
 class ServePlan:
     """Everything needed to exec borg serve for one connection."""
 

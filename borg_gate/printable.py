@@ -12,7 +12,10 @@ rendered (a refusal reason inside a check finding) without doubling anything.
 
 from __future__ import annotations
 
-from typing import Final
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
+if TYPE_CHECKING:
+    from typing import Final
+
 
 _SHORT: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 

@@ -19,23 +19,25 @@ only means no memory: the connection queues as it always did.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable
-from typing import Final, TypeVar
 
-from borg_gate import statedir
+from borg_gate import statedir, values
 from borg_gate.errors import Kind, Refusal
 from borg_gate.policy import Budget
+
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Final, TypeVar
+
+    T = TypeVar("T")
 
 # borgstore's retries come 5 s after each refusal; refused at once, the third is in within ~16 s.
 RECALL: Final = 30.0
 MAX_BYTES: Final = 1 << 16
 MAX_ENTRIES: Final = 200  # clients refused within RECALL by one unix user: a few, in practice
-
-T = TypeVar("T")
 
 
 def file_name(uid: int | None = None) -> str:
@@ -117,7 +119,7 @@ def acquire(
                 remember(state_dir, client, remote_ip, refusal.reason)
             raise
     try:
-        return take(dataclasses.replace(budget, wait=0))
+        return take(values.replace(budget, wait=0))
     except Refusal as refusal:
         if refusal.kind is not Kind.BUSY:
             raise

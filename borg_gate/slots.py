@@ -52,19 +52,23 @@ import json
 import os
 import select
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
 
 from borg_gate import budgetfile, holds, statedir
 from borg_gate.errors import Kind, Refusal, busy, misconfigured
 from borg_gate.policy import Budget
 
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
 if TYPE_CHECKING:
     import threading
+    from collections.abc import Callable, Sequence
+    from typing import Any, Final
 
     from borg_gate.slotstatus import BudgetUsage as BudgetUsage
     from borg_gate.slotstatus import Holder as Holder
     from borg_gate.slotstatus import snapshot as snapshot
+
+    Say = Callable[[str], None]
+    Emit = Callable[..., None]
 
 
 def __getattr__(name: str) -> Any:
@@ -83,9 +87,6 @@ MAX_DRAWS: Final = 64  # queue numbers tried when their ticket bytes are taken (
 GONE: Final = select.POLLERR | select.POLLHUP
 RECORD_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 RECORD_MODE: Final = 0o640  # readable by status (root, the group), writable by its owner alone
-
-Say = Callable[[str], None]
-Emit = Callable[..., None]
 
 
 # Values on the connection path are plain classes with __slots__: each @dataclass costs ~0.8 ms

@@ -29,10 +29,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Container
-from typing import Final
 
 from borg_gate.errors import misconfigured
+
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
+if TYPE_CHECKING:
+    from collections.abc import Container
+    from typing import Final
 
 DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK

@@ -22,13 +22,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final
 
 from borg_gate import statedir
 from borg_gate.config import BinarySpec, untrusted
 from borg_gate.errors import Refusal, misconfigured, shown
+from borg_gate.values import frozen, frozen_ordered
+
+TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Final
 
 VERSION_RE: Final = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)(?:(a|b|rc)([0-9]+))?(?:\.dev([0-9]+))?")
 MAX_CACHE_BYTES: Final = 1 << 16  # a few hundred binaries; anything bigger is not a cache the gate wrote
@@ -37,7 +40,7 @@ DEV_RANK: Final = -1  # X.Y.Z.devN comes before X.Y.Za0 (PEP 440)
 NOT_DEV: Final = 1 << 62  # a release sorts after all of its .devN builds
 
 
-@dataclass(frozen=True, order=True)
+@frozen_ordered
 class BorgVersion:
     major: int
     minor: int
@@ -64,7 +67,7 @@ def _v(text: str) -> BorgVersion:
     return BorgVersion.parse(text)
 
 
-@dataclass(frozen=True)
+@frozen
 class ServeFeatures:
     """What ``borg serve`` of one version enforces when given an option (checked per tag in borg's source)."""
 
@@ -94,7 +97,7 @@ def features(version: BorgVersion) -> ServeFeatures:
     )
 
 
-@dataclass(frozen=True)
+@frozen
 class Borg:
     """A configured binary with its known version."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import subprocess
 import tomllib
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate import config
+from borg_gate import config, values
 
 PACKAGING = Path(__file__).resolve().parents[1] / "packaging"
 EXAMPLE = PACKAGING / "config.toml"
@@ -35,7 +34,7 @@ def ensure_user(name: str, *groups: str) -> None:
 def test_config_example_parses_to_the_built_in_defaults() -> None:
     parsed = config.parse_config(EXAMPLE.read_text(), str(EXAMPLE))
     # The example claims every value in it is the default: deleting the file changes nothing.
-    assert dataclasses.replace(parsed, source="x") == dataclasses.replace(config.Config(), source="x")
+    assert values.replace(parsed, source="x") == values.replace(config.Config(), source="x")
 
 
 def test_config_example_sets_and_explains_every_key() -> None:
