@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import re
 import stat
-import tomllib
 
+from borg_gate import configcache
 from borg_gate.errors import misconfigured, shown
 from borg_gate.values import field, frozen
 
@@ -216,13 +216,21 @@ def _find_line(text: str, key: str) -> int | None:
     return None
 
 
-def parse_config(text: str, source: str) -> Config:
+def _toml(text: str, source: str) -> dict[str, Any]:
+    import tomllib  # only a config this user has not cached yet pays for it (configcache)
+
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise misconfigured(f"config {source}: {exc}", config=source) from None
     except RecursionError:  # tomllib recurses per nesting level
         raise misconfigured(f"config {source}: nested too deeply", config=source) from None
+
+
+def parse_config(text: str, source: str, data: dict[str, Any] | None = None) -> Config:
+    """The config in ``text``; ``data``, when given, is what tomllib returned for it before."""
+    if data is None:
+        data = _toml(text, source)
     try:
         return _build(data, source)
     except _Bad as bad:
@@ -329,4 +337,11 @@ def load_config(path: str, required: bool) -> Config:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise misconfigured(f"config {path}: not UTF-8", config=path) from None
-    return parse_config(text, path)
+    hint = configcache.state_dir_hint(text, Config.state_dir)
+    data = configcache.lookup(path, raw, hint)
+    if data is not None:
+        return parse_config(text, path, data)
+    data = _toml(text, path)
+    config = parse_config(text, path, data)  # only a valid config is worth keeping
+    configcache.store(path, raw, data, config.state_dir)
+    return config

@@ -166,16 +166,16 @@ def read_own(dir_fd: int, name: str, max_bytes: int) -> bytes | None:
     return raw if len(raw) <= max_bytes else None
 
 
-def write_own(dir_fd: int, name: str, data: bytes) -> None:
+def write_own(dir_fd: int, name: str, data: bytes, *, mode: int = OWN_MODE) -> None:
     """Replace this user's own file atomically (O_EXCL temp file, rename); best effort, never raises."""
     import contextlib
 
     tmp = f"{name}.{os.getpid()}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(tmp, flags, OWN_MODE, dir_fd=dir_fd)
+        fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
         try:
-            os.fchmod(fd, OWN_MODE)  # the gate's umask 007 would leave it group-writable, and so ignored
+            os.fchmod(fd, mode)  # the gate's umask 007 would leave it group-writable, and so ignored
             os.write(fd, data)
         finally:
             os.close(fd)
