@@ -109,7 +109,11 @@ def test_package_installs_the_gate_under_usr_with_its_conffiles(deb: Path) -> No
         assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o660, 0, gid), path
     # the venv is the package's own, from the system Python: nothing of the build machine in it
     assert os.readlink("/usr/lib/borg-gate/bin/python3") == SYSTEM_PYTHON
-    assert INSTALLED.read_text().startswith("#!/usr/lib/borg-gate/bin/python3 -I\n")
+    assert INSTALLED.read_text().startswith("#!/usr/lib/borg-gate/bin/python3 -IS\n")
+    # without the site module the venv's own packages are still found: status imports psutil,
+    # authorize filelock, at the top of their modules
+    for admin in ("status", "authorize"):
+        assert "usage" in run(INSTALLED, admin, "--help").stdout
 
 
 def test_installed_gate_serves_a_backup_user_through_the_shared_state_dir(deb: Path, world_dir: Path) -> None:
