@@ -97,7 +97,7 @@ def _clip_all(value: Any, budget: int) -> Any:
         return clip(value, budget, budget)
     if value is None or isinstance(value, bool | int | float):
         return value
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         return {str(k)[:64]: _clip_all(v, budget) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_clip_all(v, budget) for v in value[:64]]
