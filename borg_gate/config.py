@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     Checker = Callable[[str, object], object]
 
 DEFAULT_CONFIG_PATH: Final = "/etc/borg-gate/config.toml"
+DEFAULT_STATE_DIR: Final = "/run/borg-gate"
 CONFIG_ENV: Final = "BORG_GATE_CONFIG"
 MAX_CONFIG_BYTES: Final = 1 << 20
 
@@ -56,7 +57,7 @@ DEFAULT_BINARIES: Final = {
 @frozen
 class Config:
     source: str = "<built-in defaults>"
-    state_dir: str = "/run/borg-gate"
+    state_dir: str = DEFAULT_STATE_DIR
     log_file: str = "/var/log/borg-gate/gate.jsonl"  # "" disables the file sink
     syslog: bool = False
     umask: int = 0o077
@@ -337,7 +338,7 @@ def load_config(path: str, required: bool) -> Config:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise misconfigured(f"config {path}: not UTF-8", config=path) from None
-    hint = configcache.state_dir_hint(text, Config.state_dir)
+    hint = configcache.state_dir_hint(text, DEFAULT_STATE_DIR)
     data = configcache.lookup(path, raw, hint)
     if data is not None:
         return parse_config(text, path, data)

@@ -48,13 +48,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import stat
 import time
 
-from borg_gate import statedir
+from borg_gate import jsontext, statedir
 from borg_gate.errors import Refusal
 from borg_gate.printable import printable
 
@@ -231,7 +230,7 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw)
+        data = jsontext.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than json's C scanner will go
         return None
     return data if isinstance(data, dict) else None
@@ -436,7 +435,7 @@ def add(
             out["last_error"] = {"ts": time.time(), "sink": sink, "error": error}
         elif isinstance(data.get("last_error"), dict):
             out["last_error"] = data["last_error"]
-        text = json.dumps(out, separators=(",", ":")).encode() + b"\n"
+        text = jsontext.dumps(out).encode() + b"\n"
         size = len(raw)
         if len(text) > size:
             size = -(-len(text) // BLOCK) * BLOCK

@@ -15,11 +15,12 @@ connection path needs; the commands below it are admin code, imported only when 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import stat
 import sys
 import time
+
+from borg_gate import jsontext
 
 TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def read(dir_fd: int, name: str) -> dict[str, Any] | None:
     finally:
         os.close(fd)
     try:
-        hold = json.loads(data)
+        hold = jsontext.loads(data)
     except ValueError:
         hold = None
     # root's file is the hold, whatever became of its content
@@ -90,7 +91,7 @@ def place(dir_fd: int, client: str | None, reason: str) -> dict[str, Any]:
     temp = f".{file_name(client)}.{os.urandom(8).hex()}"  # unguessable: a member cannot squat it
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
     try:
-        os.write(fd, (json.dumps(hold) + "\n").encode())
+        os.write(fd, (jsontext.dumps(hold) + "\n").encode())
         os.fchmod(fd, 0o644)  # the state dir's umask or setgid bit must not make it group-writable
     finally:
         os.close(fd)

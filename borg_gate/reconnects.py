@@ -19,11 +19,10 @@ only means no memory: the connection queues as it always did.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 
-from borg_gate import statedir, values
+from borg_gate import jsontext, statedir, values
 from borg_gate.errors import Kind, Refusal
 from borg_gate.policy import Budget
 
@@ -53,7 +52,7 @@ def _load(dir_fd: int) -> dict[str, dict[str, object]]:
     if raw is None:
         return {}
     try:
-        data = json.loads(raw)
+        data = jsontext.loads(raw)
     except (ValueError, RecursionError):
         return {}
     return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
@@ -89,7 +88,7 @@ def remember(state_dir: str, client: str, remote_ip: str | None, reason: str, no
             entries = {k: v for k, v in _load(dir_fd).items() if _fresh(v, now)}
             entries[_who(client, remote_ip)] = {"at": now, "reason": reason}
             newest = sorted(entries.items(), key=lambda kv: float(str(kv[1]["at"])))[-MAX_ENTRIES:]
-            statedir.write_own(dir_fd, file_name(), json.dumps(dict(newest), sort_keys=True).encode("utf-8"))
+            statedir.write_own(dir_fd, file_name(), jsontext.dumps(dict(newest), sort_keys=True).encode("utf-8"))
         finally:
             os.close(dir_fd)
 

@@ -48,12 +48,11 @@ Several unix users share one host budget through the group of a shared state dir
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import time
 
-from borg_gate import budgetfile, holds, statedir
+from borg_gate import budgetfile, holds, jsontext, statedir
 from borg_gate.errors import Kind, Refusal, busy, misconfigured
 from borg_gate.policy import Budget
 
@@ -556,7 +555,7 @@ def _info(session: Session, level: Level, state: str, waited: float) -> bytes:
         "waited": round(waited, 3),
         "budget": level.name,
     }
-    return (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    return (jsontext.dumps(record) + "\n").encode()
 
 
 def _describe(dir_fd: int, name: str, data: bytes) -> None:

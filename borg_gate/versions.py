@@ -19,11 +19,9 @@ binary serving keys with restricted permissions.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 
-from borg_gate import statedir
+from borg_gate import jsontext, patterns, statedir
 from borg_gate.config import BinarySpec, untrusted
 from borg_gate.errors import Refusal, misconfigured, shown
 from borg_gate.values import frozen, frozen_ordered
@@ -33,7 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Final
 
-VERSION_RE: Final = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)(?:(a|b|rc)([0-9]+))?(?:\.dev([0-9]+))?")
+VERSION_RE: Final = r"([0-9]+)\.([0-9]+)\.([0-9]+)(?:(a|b|rc)([0-9]+))?(?:\.dev([0-9]+))?"  # patterns.version
 MAX_CACHE_BYTES: Final = 1 << 16  # a few hundred binaries; anything bigger is not a cache the gate wrote
 PRE_RANK: Final = {"a": 0, "b": 1, "rc": 2, None: 3}
 DEV_RANK: Final = -1  # X.Y.Z.devN comes before X.Y.Za0 (PEP 440)
@@ -52,12 +50,22 @@ class BorgVersion:
 
     @classmethod
     def parse(cls, text: str) -> BorgVersion:
-        m = VERSION_RE.search(text)
-        if not m:
-            raise ValueError(f"no borg version in {text!r}")
-        dev = NOT_DEV if m[6] is None else int(m[6])
-        pre_rank = DEV_RANK if m[4] is None and m[6] is not None else PRE_RANK[m[4]]
-        return cls(int(m[1]), int(m[2]), int(m[3]), pre_rank, int(m[5] or 0), dev, m[0])
+        """A version (``1.2.4``, ``2.0.0b25``), or the first one in a text (``borg 1.2.4``)."""
+        found = patterns.version(text)  # the config's, the cache's and this module's own: exact
+        if found is not None:
+            word = text
+        else:  # what `borg --version` printed, once per binary: only detection pays for re
+            import re
+
+            m = re.search(VERSION_RE, text)
+            if not m:
+                raise ValueError(f"no borg version in {text!r}")
+            word = m[0]
+            found = patterns.version(word)
+            assert found is not None  # the same form: tests/test_patterns.py
+        major, minor, patch, pre, pre_num, dev = found
+        pre_rank = DEV_RANK if pre is None and dev is not None else PRE_RANK[pre]
+        return cls(major, minor, patch, pre_rank, pre_num or 0, NOT_DEV if dev is None else dev, word)
 
     def __str__(self) -> str:
         return self.text
@@ -154,7 +162,7 @@ def _read_cache(dir_fd: int, name: str) -> dict[str, dict[str, str]]:
     if raw is None:
         return {}
     try:
-        data = json.loads(raw)
+        data = jsontext.loads(raw)
     except (ValueError, RecursionError):  # not JSON (or not UTF-8), absurdly nested
         return {}
     return data if isinstance(data, dict) else {}
@@ -162,7 +170,7 @@ def _read_cache(dir_fd: int, name: str) -> dict[str, dict[str, str]]:
 
 def _write_cache(dir_fd: int, name: str, cache: dict[str, dict[str, str]]) -> None:
     # Best effort: a cache we cannot write only costs the next connection a --version.
-    statedir.write_own(dir_fd, name, json.dumps(cache, indent=1, sort_keys=True).encode("utf-8"))
+    statedir.write_own(dir_fd, name, jsontext.dumps(cache, sort_keys=True).encode("utf-8"))
 
 
 def _cached(spec: BinarySpec, identity: str, state_dir: str, field: str, compute: Callable[[], str]) -> str:
@@ -193,6 +201,8 @@ def detect_legacy_option(path: str) -> bool:
     code, stdout, _ = _ask(path, "serve", "--help")  # only a borg newer than the gate knows pays, once
     if code != 0:
         raise misconfigured(f"borg binary {path}: serve --help exited {code}")
+    import re
+
     return re.search(rb"(?<![\w-])--legacy(?![\w-])", stdout) is not None
 
 
