@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found,unused-ignore]  # no stubs: the C module behind signal
 import os
-import signal
 
 from borg_gate.errors import Kind
 
@@ -33,20 +32,20 @@ if TYPE_CHECKING:
 
 CLIENT_GONE: Final = int(Kind.CLIENT_GONE)
 ENDING: Final = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGALRM,
-    signal.SIGVTALRM,
-    signal.SIGPROF,
-    signal.SIGIO,
-    signal.SIGPWR,
-    signal.SIGXCPU,
-    signal.SIGSTKFLT,
-    signal.SIGTRAP,
+    _signal.SIGINT,
+    _signal.SIGTERM,
+    _signal.SIGHUP,
+    _signal.SIGQUIT,
+    _signal.SIGUSR1,
+    _signal.SIGUSR2,
+    _signal.SIGALRM,
+    _signal.SIGVTALRM,
+    _signal.SIGPROF,
+    _signal.SIGIO,
+    _signal.SIGPWR,
+    _signal.SIGXCPU,
+    _signal.SIGSTKFLT,
+    _signal.SIGTRAP,
 )
 
 
@@ -59,6 +58,8 @@ class Interrupted(BaseException):
 
     @property
     def name(self) -> str:
+        import signal  # its Signals enum: only an interrupted connection pays for it
+
         try:
             return signal.Signals(self.signum).name
         except ValueError:
@@ -80,7 +81,7 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
-SIGNALS: Final = (*(int(s) for s in ENDING), *range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+SIGNALS: Final = (*(int(s) for s in ENDING), *range(_signal.SIGRTMIN, _signal.SIGRTMAX + 1))
 
 
 def install() -> None:
