@@ -9,23 +9,21 @@ Everything else, from ``sh -c`` to ``--restrict-to-path /``, is refused.
 
 from __future__ import annotations
 
-import re
-import shlex
-
+from borg_gate import patterns
 from borg_gate.errors import bad_command, shown
 from borg_gate.values import frozen
 
 TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Final
 
 MAX_COMMAND_LENGTH: Final = 4096
 MAX_DEBUG_TOPICS: Final = 32
 
-# A program name as a client may ask for it: basename of --remote-path / BORG_REMOTE_PATH.
-PROGRAM_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
-# Words sshd passes before argv[0] (borg 1.1's BORG_HOSTNAME_IS_UNIQUE=no): dropped, never applied.
-ENV_WORD_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=.*", re.DOTALL)
+# A program name as a client may ask for it (patterns.binary_name): basename of
+# --remote-path / BORG_REMOTE_PATH. Words sshd passes before argv[0] (borg 1.1's
+# BORG_HOSTNAME_IS_UNIQUE=no, patterns.env_assignment) are dropped, never applied.
 MAX_ENV_WORDS: Final = 8
 
 LOG_LEVELS: Final[dict[str, str]] = {
@@ -38,12 +36,18 @@ LOG_LEVELS: Final[dict[str, str]] = {
     "--debug": "debug",
 }
 
-# Options that take a value, with the shape the value must have.
-VALUE_OPTIONS: Final[dict[str, re.Pattern[str]]] = {
-    "--debug-topic": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"),
-    "--umask": re.compile(r"0?[0-7]{3}"),
-    "--storage-quota": re.compile(r"[0-9]{1,20}(\.[0-9]{1,6})?[KMGTP]?"),
-    "--backend": re.compile(r"FILE:.+", re.DOTALL),
+
+def file_backend(text: str) -> bool:
+    """``FILE:.+`` (DOTALL): the only borgstore backend a restricted borg serve --rest accepts."""
+    return text.startswith("FILE:") and len(text) > len("FILE:")
+
+
+# Options that take a value, with the check the value must pass.
+VALUE_OPTIONS: Final[dict[str, Callable[[str], bool]]] = {
+    "--debug-topic": patterns.debug_topic,
+    "--umask": patterns.umask,
+    "--storage-quota": patterns.storage_quota,
+    "--backend": file_backend,
 }
 
 # Options a client must never set: they belong to the key line and config.
@@ -102,9 +106,28 @@ def _check_characters(text: str) -> None:
             raise bad_command(f"control character {ch!a} in command")
 
 
+# The only characters shlex's POSIX split treats differently from any other non-blank one.
+SHLEX_SPECIAL: Final = ("'", '"', "\\")
+
+
+def split_words(text: str) -> list[str]:
+    """``shlex.split(text, comments=False, posix=True)``, without importing shlex for plain words.
+
+    What clients send (``borg serve --info``, ``borg serve --rest --backend FILE:/p``) has no
+    quotes and no backslash; then shlex only splits at runs of its whitespace, ' \\t\\r\\n'.
+    Not ``str.split()``: it also splits at \\x0b, \\x0c, \\x1c-\\x1f, \\x85, \\xa0 and other
+    Unicode spaces, which shlex keeps inside a word. Raises shlex's ValueError where it does.
+    """
+    if any(ch in text for ch in SHLEX_SPECIAL):
+        import shlex  # quoting is never sent by a borg client: only such text pays for the import
+
+        return shlex.split(text, comments=False, posix=True)
+    return [word for word in text.replace("\t", " ").replace("\r", " ").replace("\n", " ").split(" ") if word]
+
+
 def _split(text: str) -> list[str]:
     try:
-        return shlex.split(text, comments=False, posix=True)
+        return split_words(text)
     except ValueError as exc:  # "No closing quotation", "No escaped character"
         raise bad_command(f"cannot parse command: {exc}") from None
 
@@ -116,7 +139,7 @@ def parse_command(text: str | None) -> ClientRequest:
     _check_characters(text)
     words = _split(text)
     env_words = 0
-    while words and ENV_WORD_RE.fullmatch(words[0]):
+    while words and patterns.env_assignment(words[0]):
         words.pop(0)
         env_words += 1
     if env_words > MAX_ENV_WORDS:
@@ -124,7 +147,7 @@ def parse_command(text: str | None) -> ClientRequest:
     if not words:
         raise bad_command("empty command: this key only runs borg serve")
     program = words[0].rsplit("/", 1)[-1]
-    if not PROGRAM_RE.fullmatch(program):
+    if not patterns.binary_name(program):
         raise bad_command(f"only borg serve is allowed here, not {shown(words[0], 60)!r}")
     if len(words) < 2 or words[1] != "serve":
         got = shown(" ".join(words[:2]), 60)
@@ -153,7 +176,7 @@ def _parse_serve_options(program: str, args: list[str]) -> ClientRequest:
                     raise bad_command(f"option {name} needs a value")
                 value = args[i]
                 i += 1
-            if not VALUE_OPTIONS[name].fullmatch(value):
+            if not VALUE_OPTIONS[name](value):
                 if name == "--backend":
                     raise bad_command(f"only FILE: backends are served, not {shown(value, 60)!r}")
                 raise bad_command(f"bad value for {name}: {shown(value, 60)!r}")

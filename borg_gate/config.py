@@ -9,10 +9,9 @@ built-in defaults: a file named by --config or BORG_GATE_CONFIG must exist.
 from __future__ import annotations
 
 import os
-import re
 import stat
 
-from borg_gate import configcache
+from borg_gate import configcache, patterns
 from borg_gate.errors import misconfigured, shown
 from borg_gate.values import field, frozen
 
@@ -28,9 +27,8 @@ DEFAULT_STATE_DIR: Final = "/run/borg-gate"
 CONFIG_ENV: Final = "BORG_GATE_CONFIG"
 MAX_CONFIG_BYTES: Final = 1 << 20
 
-NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
-BORG_ENV_RE: Final = re.compile(r"BORG_[A-Z0-9_]{1,64}")
-VERSION_RE: Final = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+((a|b|rc)[0-9]+)?(\.dev[0-9]+)?")
+# What patterns.binary_name accepts, as the message for a bad binary name spells it.
+NAME_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}"
 MODES: Final = ("exec", "supervise")
 # BORG_* variables that would decide what a key may do: that is the key line's job alone.
 KEY_ONLY_ENV: Final = {
@@ -115,7 +113,7 @@ def _bool(key: str, value: object) -> bool:
 def _umask(key: str, value: object) -> int:
     # Strings only: TOML reads `umask = 77` as decimal 77 (0o115, group-writable files) and
     # `0o077` as 63, indistinguishable once parsed; a string is always read as octal.
-    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
+    if isinstance(value, str) and patterns.umask(value):
         return int(value, 8)
     raise _Bad(key, f'must be an octal string like "077", not {shown(str(value), 20)!r}')
 
@@ -127,7 +125,7 @@ def _mode(key: str, value: object) -> str:
 
 
 def _name(key: str, value: object) -> str:
-    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+    if not isinstance(value, str) or not patterns.binary_name(value):
         raise _Bad(key, f"must be a binary name like borg or borg2, not {shown(str(value), 40)!r}")
     return value
 
@@ -147,8 +145,8 @@ def _split_name(name: str, value: object) -> str | None:
 
 
 def _binary(key: str, name: str, value: object) -> BinarySpec:
-    if not NAME_RE.fullmatch(name):
-        raise _Bad(key, f"binary name {shown(name, 40)!r} must match {NAME_RE.pattern}")
+    if not patterns.binary_name(name):
+        raise _Bad(key, f"binary name {shown(name, 40)!r} must match {NAME_PATTERN}")
     if isinstance(value, str):
         return BinarySpec(name, _abs_path(key, value))
     if isinstance(value, dict):
@@ -162,7 +160,7 @@ def _binary(key: str, name: str, value: object) -> BinarySpec:
         if "path" not in value:
             raise _Bad(key, "needs path")
         version = value.get("version")
-        if version is not None and (not isinstance(version, str) or not VERSION_RE.fullmatch(version)):
+        if version is not None and (not isinstance(version, str) or patterns.version(version) is None):
             raise _Bad(f"{key}.version", f"must look like 1.2.4 or 2.0.0b22, not {shown(str(version), 30)!r}")
         return BinarySpec(name, _abs_path(f"{key}.path", value["path"]), version)
     raise _Bad(key, 'must be a path or a table { path = "...", version = "..." }')
@@ -195,6 +193,8 @@ SCHEMA: Final[dict[str, dict[str, tuple[str, Checker]]]] = {
 
 def _find_line(text: str, key: str) -> int | None:
     """Best effort: the line where dotted ``key`` is set (tomllib does not keep positions)."""
+    import re  # only a bad config comes here: a good one must not pay for re on every connection
+
     *sections, last = key.split(".")
     want = ".".join(sections)
     current = ""
@@ -276,7 +276,7 @@ def _borg_env(key: str, value: object) -> dict[str, str]:
         raise _Bad(key, "must be a table of BORG_NAME = value")
     env: dict[str, str] = {}
     for name, val in value.items():
-        if not BORG_ENV_RE.fullmatch(name):
+        if not patterns.borg_env_name(name):
             raise _Bad(f"{key}.{name}", "only BORG_* variables may be set")
         if name in KEY_ONLY_ENV:
             raise _Bad(f"{key}.{name}", KEY_ONLY_ENV[name])

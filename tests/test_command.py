@@ -9,11 +9,15 @@ real borg grammars lives in test_policy.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from borg_gate import command
+from borg_gate import command, patterns
 from borg_gate.command import ClientRequest, parse_command
 from borg_gate.errors import Kind, Refusal
 
@@ -304,7 +308,7 @@ LOG_WORDS = frozenset(command.LOG_FLAGS.values())
 
 def assert_vetted(request: ClientRequest) -> None:
     """Only vetted option forms; nothing a client could use to widen what borg serves."""
-    assert command.PROGRAM_RE.fullmatch(request.program)
+    assert patterns.binary_name(request.program)
     opts = request.serve_options()
     i = 0
     while i < len(opts):
@@ -313,7 +317,7 @@ def assert_vetted(request: ClientRequest) -> None:
         if opt in LOG_WORDS or opt == "--rest":
             pass
         elif name == "--debug-topic":
-            assert command.VALUE_OPTIONS["--debug-topic"].fullmatch(value)
+            assert patterns.debug_topic(value)
         elif name == "--backend":
             assert request.rest and value.startswith("FILE:") and len(value) > len("FILE:")
             assert all(ch == " " or ch.isprintable() for ch in value)
@@ -345,3 +349,70 @@ def test_accepted_requests_round_trip(options: list[str]) -> None:
     again = parse_command("borg serve " + " ".join(request.serve_options()))
     assert again.serve_options() == request.serve_options()
     assert again.log_level == request.log_level and again.debug_topics == request.debug_topics
+
+
+# --------------------------------------------------------------------------- splitting without shlex
+
+# shlex's specials, its whitespace, the whitespace only str.split() knows, and plain word characters.
+SPLIT_ALPHABET = "'\"\\ \t\r\n" + "\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u2028\u3000" + "#$;ab=-/\x00\xe9"
+
+
+def _shlex_split(text: str) -> list[str] | str:
+    """shlex's words, or its refusal's message."""
+    import shlex
+
+    try:
+        return shlex.split(text, comments=False, posix=True)
+    except ValueError as exc:
+        return f"ValueError: {exc}"
+
+
+def _split_words(text: str) -> list[str] | str:
+    try:
+        return command.split_words(text)
+    except ValueError as exc:
+        return f"ValueError: {exc}"
+
+
+@settings(max_examples=3000)
+@given(st.text(SPLIT_ALPHABET, max_size=40) | st.text(max_size=40))
+@example("borg serve --info --umask=077")
+@example("borg2 serve --rest --backend FILE:/srv/borg/alice/repo")
+@example("borg\x0bserve\xa0--info")
+@example("borg serve ''")
+@example("borg serve 'oops")
+@example("borg serve \\")
+@example('"a\\')
+@example(" \t\r\n ")
+def test_split_words_splits_as_shlex_does(text: str) -> None:
+    assert _split_words(text) == _shlex_split(text)
+
+
+def _imported_by(code: str) -> set[str]:
+    """Modules a fresh ``python3 -IS`` (as the gate runs) has loaded after ``code``."""
+    root = str(Path(__file__).resolve().parent.parent)
+    probe = f"import sys; sys.path.insert(0, {root!r})\n{code}\nprint(' '.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-IS", "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    return set(out.stdout.split())
+
+
+def test_vetting_a_usual_command_imports_neither_re_nor_shlex() -> None:
+    """re (with enum and functools) costs a connection ~4.5 ms of CPU; shlex pulls in re."""
+    loaded = _imported_by(
+        "from borg_gate import command\n"
+        "command.parse_command('BORG_HOSTNAME_IS_UNIQUE=no borg serve --umask=077 --info --debug-topic=a.b')\n"
+        "command.parse_command('borg2 serve --rest --backend FILE:/srv/borg/alice/repo')\n"
+        "command.parse_command('borg serve --storage-quota=1000000000')"
+    )
+    assert not {"re", "shlex"} & loaded
+
+
+def test_quoting_still_goes_through_shlex() -> None:
+    assert "shlex" in _imported_by("from borg_gate import command\ncommand.parse_command(\"borg serve '--info'\")")
+
+
+@given(st.text(max_size=12).map(lambda t: "FILE:"[: len(t) % 6] + t) | st.sampled_from(["FILE:", "FILE:\n", "file:/x"]))
+def test_file_backend_is_the_expression_it_replaced(text: str) -> None:
+    import re
+
+    assert command.file_backend(text) == bool(re.fullmatch(r"FILE:.+", text, re.DOTALL))
