@@ -46,7 +46,6 @@ unreadable for this run, never a wait.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import re
@@ -342,8 +341,10 @@ def _replace(dir_fd: int, name: str, old: int) -> str | None:
             os.pwrite(fd, raw, 0)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError:
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
         raise
     finally:
         os.close(fd)

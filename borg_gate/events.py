@@ -23,7 +23,6 @@ Sinks, each tried once per event, none able to block or break a backup, none tou
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import time
@@ -177,8 +176,10 @@ def append_line(path: str, data: bytes) -> str | None:
             fd = os.open(path, LOG_FLAGS | os.O_CREAT, LOG_MODE)
         except OSError as exc:
             return f"{path}: {exc.strerror}"
-        with contextlib.suppress(OSError):
+        try:
             os.fchmod(fd, LOG_MODE)  # sshd's umask 022 would leave the other users unable to append
+        except OSError:
+            pass
     except OSError as exc:
         return f"{path}: {exc.strerror}"
     try:

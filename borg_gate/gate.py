@@ -7,7 +7,6 @@ stdout, which belong to borg's protocol.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -42,8 +41,10 @@ REFUSAL_PAUSE: Final = 0.2
 def say(message: str) -> None:
     """One plain stderr line; the borg client shows it as ``Remote: borg-gate: …``."""
     line = "borg-gate: " + " ".join(message.split()) + "\n"
-    with contextlib.suppress(OSError):  # the client is gone; nobody left to tell
+    try:  # the client is gone; nobody left to tell
         os.write(2, line.encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 def refuse(refusal: Refusal, log: EventLog) -> NoReturn:

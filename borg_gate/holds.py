@@ -14,7 +14,6 @@ connection path needs; the commands below it are admin code, imported only when 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import sys
@@ -102,8 +101,10 @@ def place(dir_fd: int, client: str | None, reason: str) -> dict[str, Any]:
 def lift(dir_fd: int, client: str | None) -> dict[str, Any] | None:
     """Remove the hold; what it was, or None when there was none of root's."""
     hold = read(dir_fd, file_name(client))
-    with contextlib.suppress(FileNotFoundError):
+    try:
         os.unlink(file_name(client), dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
     return hold
 
 

@@ -18,7 +18,6 @@ only means no memory: the connection queues as it always did.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
@@ -82,7 +81,7 @@ def recall(state_dir: str, client: str, remote_ip: str | None, now: float | None
 def remember(state_dir: str, client: str, remote_ip: str | None, reason: str, now: float | None = None) -> None:
     """Write the deadline refusal down (best effort: no memory only costs the reconnects their wait)."""
     now = time.time() if now is None else now
-    with contextlib.suppress(OSError, Refusal):
+    try:
         dir_fd = statedir.open_dir(state_dir, create=False)
         try:
             entries = {k: v for k, v in _load(dir_fd).items() if _fresh(v, now)}
@@ -91,6 +90,8 @@ def remember(state_dir: str, client: str, remote_ip: str | None, reason: str, no
             statedir.write_own(dir_fd, file_name(), jsontext.dumps(dict(newest), sort_keys=True).encode("utf-8"))
         finally:
             os.close(dir_fd)
+    except (OSError, Refusal):
+        pass
 
 
 def acquire(

@@ -47,7 +47,6 @@ Several unix users share one host budget through the group of a shared state dir
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import time
@@ -163,8 +162,10 @@ def repo_key(path: str) -> str:
 
 def _close(fds: Sequence[int]) -> None:
     for fd in fds:
-        with contextlib.suppress(OSError):
+        try:
             os.close(fd)
+        except OSError:
+            pass
 
 
 def _client_gone(watch_fd: int) -> bool:
@@ -579,21 +580,29 @@ def _describe(dir_fd: int, name: str, data: bytes) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def _room_for(fds: int) -> Any:
+class _RoomFor:
     """A waiting head keeps one descriptor per slot open: raise the soft RLIMIT_NOFILE for big budgets."""
-    import resource
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = fds + 64
-    raised = soft != resource.RLIM_INFINITY and want > soft
-    if raised:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
-    try:
-        yield
-    finally:
-        if raised:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    def __init__(self, fds: int) -> None:
+        self.fds = fds
+        self.saved: tuple[int, int] | None = None
+
+    def __enter__(self) -> None:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = self.fds + 64
+        if soft != resource.RLIM_INFINITY and want > soft:
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard)
+            )
+            self.saved = (soft, hard)
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.saved is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, self.saved)
 
 
 def acquire(
@@ -634,7 +643,7 @@ def acquire(
         locks = budgetfile.open_locks(dir_fd, state_dir)
         acq = _Acquirer(dir_fd, locks, levels, budget.wait, watch_fd, say, emit)
         acq.rest = rest
-        with _room_for(max(budget.max_sessions, budget.max_sessions_per_client, budget.max_sessions_per_repo)):
+        with _RoomFor(max(budget.max_sessions, budget.max_sessions_per_client, budget.max_sessions_per_repo)):
             while True:
                 for level in levels:
                     for done, index in zip(levels, indices, strict=False):  # status shows slots held while queued

@@ -168,8 +168,6 @@ def read_own(dir_fd: int, name: str, max_bytes: int) -> bytes | None:
 
 def write_own(dir_fd: int, name: str, data: bytes, *, mode: int = OWN_MODE) -> None:
     """Replace this user's own file atomically (O_EXCL temp file, rename); best effort, never raises."""
-    import contextlib
-
     tmp = f"{name}.{os.getpid()}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
@@ -181,5 +179,7 @@ def write_own(dir_fd: int, name: str, data: bytes, *, mode: int = OWN_MODE) -> N
             os.close(fd)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError:
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass

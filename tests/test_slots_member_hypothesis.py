@@ -26,8 +26,11 @@ CLIENTS = ("a", "b", "c")
 
 
 def names() -> list[str]:
-    """What the victim's gates use, or used to use: every name worth squatting."""
-    uid = pwd.getpwnam(VICTIM).pw_uid
+    """What the victim's gates use, or used to use: every name worth squatting.
+
+    ``{uid}`` stands for the victim's uid: her user is made when the test runs, after collection.
+    """
+    uid = "{uid}"
     keys = ["host"] + [f"client.{c}" for c in CLIENTS]
     out = [f"slot.{k}.{i}" for k in keys for i in range(2)] + [f"queue.{k}" for k in keys]
     out += [f"rec.{k}.{i}.{uid}" for k in keys for i in range(2)]
@@ -54,6 +57,8 @@ class MemberAndConnections(Connections):
     )
     def plant(self, op: str, name: str, other: str, mode: int) -> None:
         # Her attempts on root's or the victim's files fail with EPERM: that is the point, not an error.
+        uid = pwd.getpwnam(VICTIM).pw_uid
+        name, other = name.format(uid=uid), other.format(uid=uid)
         self.member.do(op, name, mode=mode, src=other, target=str(self.site.state_dir / other))
 
     @rule(offset=st.integers(0, 4096 * 8), data=st.binary(min_size=1, max_size=64))
