@@ -129,6 +129,17 @@ def lock(fd: int, start: int, length: int = 1, *, shared: bool = False, wait: bo
     return True
 
 
+def lock_in(fd: int, start: int, length: int) -> tuple[int, int] | None:
+    """(start, length) of a lock someone holds that would keep a write lock off these bytes, or None.
+
+    F_OFD_GETLK: it asks, takes nothing. The answer is stale as soon as it is given; only
+    the connection's decision where to wait uses it (slots.would_wait), never who gets a slot.
+    """
+    request = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+    kind, _, got_start, got_length, _ = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_OFD_GETLK, request))
+    return None if kind == fcntl.F_UNLCK else (got_start, got_length)
+
+
 def unlock(fd: int, start: int, length: int = 1) -> None:
     fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack(_FLOCK, fcntl.F_UNLCK, os.SEEK_SET, start, length, 0))
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import stat
 import time
 
@@ -75,7 +74,7 @@ LOCK_WAIT: Final = 10.0
 READ_TRIES: Final = 20  # readers: non-blocking tries READ_PAUSE apart, then the file is skipped
 READ_PAUSE: Final = 0.002
 _LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
-SERIES_RE: Final = re.compile(rf"[a-zA-Z_:][a-zA-Z0-9_:]*(\{{{_LABEL}(,{_LABEL})*\}})?")
+SERIES: Final = rf"[a-zA-Z_:][a-zA-Z0-9_:]*(\{{{_LABEL}(,{_LABEL})*\}})?"  # what readers accept
 
 REFUSALS: Final = "borg_gate_refusals_total"
 STARTED: Final = "borg_gate_sessions_started_total"
@@ -124,6 +123,8 @@ def family(key: str) -> str:
 
 def by_label(values: Mapping[str, float], name: str, label: str) -> dict[str, float]:
     """The series of family ``name`` summed per value of ``label`` (for status' tables)."""
+    import re  # status and metrics only: a connection's event never reads labels
+
     pattern = re.compile(rf'[{{,]{label}="((?:[^"\\]|\\.)*)"')
     out: dict[str, float] = {}
     for key, value in values.items():
@@ -243,9 +244,10 @@ def _values(data: Mapping[str, Any], *, checked: bool) -> dict[str, float]:
         return {k: _number(v) for k, v in values.items()}
     # a hand-edited or foreign file must not smuggle lines into the metrics output
     # (nor a control character into a terminal)
-    return {
-        k: _number(v) for k, v in values.items() if isinstance(k, str) and k.isprintable() and SERIES_RE.fullmatch(k)
-    }
+    import re  # readers only (status, metrics): a connection's event writes, unchecked
+
+    series = re.compile(SERIES)
+    return {k: _number(v) for k, v in values.items() if isinstance(k, str) and k.isprintable() and series.fullmatch(k)}
 
 
 def _read(fd: int) -> bytes | None:

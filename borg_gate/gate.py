@@ -9,21 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
-from borg_gate import (
-    command,
-    config,
-    confine,
-    connection,
-    execute,
-    interrupt,
-    keyopts,
-    policy,
-    reconnects,
-    slots,
-    versions,
-)
+from borg_gate import command, config, confine, connection, execute, keyopts, policy, session, tell, versions
 from borg_gate.errors import Kind, Refusal, misconfigured
 from borg_gate.events import EventLog, log_dir_problem
 from borg_gate.interrupt import Interrupted
@@ -31,35 +18,7 @@ from borg_gate.interrupt import Interrupted
 TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Final, NoReturn
-
-# The client reads stdout EOF before stderr in the same select pass: exiting at once loses
-# the refusal line about half the time (BORG-FACTS). A short pause lets it arrive.
-REFUSAL_PAUSE: Final = 0.2
-
-
-def say(message: str) -> None:
-    """One plain stderr line; the borg client shows it as ``Remote: borg-gate: …``."""
-    line = "borg-gate: " + " ".join(message.split()) + "\n"
-    try:  # the client is gone; nobody left to tell
-        os.write(2, line.encode("utf-8", "replace"))
-    except OSError:
-        pass
-
-
-def refuse(refusal: Refusal, log: EventLog) -> NoReturn:
-    interrupt.leaving(int(refusal.kind))  # a signal from here on ends with this code, saying no more
-    log.emit(
-        "connection.refused",
-        kind=refusal.kind.label,
-        reason=refusal.reason,
-        exit_code=int(refusal.kind),
-        **refusal.fields,
-    )
-    say(refusal.reason)
-    if refusal.kind is not Kind.CLIENT_GONE:
-        time.sleep(REFUSAL_PAUSE)
-    os._exit(int(refusal.kind))
+    from typing import NoReturn
 
 
 def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
@@ -95,45 +54,30 @@ def serve(argv: list[str], environ: Mapping[str, str]) -> NoReturn:
         confine.refuse_unconfined(plan.confinement)
         confine.check_backend(request.backend_path, plan.confinement)
 
-        # 4. A session slot: the repository's (when known), the client's, then the host's; may
-        # queue until the deadline (not again for a rest:// client's reconnect right after a
-        # deadline refusal), and waits while root holds the host or the client.
+        # 4. and 5. Session slots, queueing if it must (as a lean waiter: session), then borg serve.
         repo = policy.queued_repository(request, plan.confinement)
-        repo = os.path.realpath(repo) if repo is not None else None  # one queue however it is spelt
-        session = slots.Session(client, conn.id, spec.path, restrictions, conn.unix_user)
-        held = reconnects.acquire(
-            cfg.state_dir,
-            client,
-            conn.remote_ip,
-            rest=request.rest,
+        seat = session.Seat(
+            state_dir=cfg.state_dir,
+            client=client,
+            binary=spec.path,
+            restrictions=restrictions,
             budget=plan.budget,
-            take=lambda budget: slots.acquire(
-                cfg.state_dir, client, budget, session, say=say, emit=log.emit, repo=repo, rest=request.rest
-            ),
+            repo=os.path.realpath(repo) if repo is not None else None,  # one queue however it is spelt
+            rest=request.rest,
+            argv=plan.argv,
+            env=execute.borg_environment(environ, cfg.borg_env),
+            umask=cfg.umask,
+            supervise=plan.supervise,
+            log_file=log.log_file,
+            syslog=log.syslog,
+            conn=conn,
+            context=log.context,
         )
-        log.emit(
-            "session.started", waited=round(held.waited, 3), slots=held.slots, queues=held.queues, argv=list(plan.argv)
-        )
-
-        # 5. borg serve takes over this process, holding the slots (or runs as its child, supervised).
-        env = execute.borg_environment(environ, cfg.borg_env)
-        if plan.supervise:
-            from borg_gate import supervise  # only supervised connections pay for it
-
-            interrupt.release(keep=supervise.FORWARDED)  # the supervisor forwards these to borg serve
-            supervise.run(plan.argv, env, cfg.umask, held.fds, log)
-        execute.exec_serve(plan.argv, env, cfg.umask, held.fds)
-    except Refusal as refusal:
-        refuse(refusal, log)
-    except Interrupted as exc:
-        refuse(Refusal(Kind.CLIENT_GONE, f"interrupted by {exc.name} before borg serve started"), log)
+        session.start(seat, log)
     except SystemExit:
         raise  # argparse's exit after --help: a person asked, nothing was served
-    except BaseException as exc:
-        import traceback  # only a bug pays for it
-
-        log.emit("gate.error", error=repr(exc), traceback=traceback.format_exc())
-        refuse(Refusal(Kind.INTERNAL, "internal error, refused (see the gate's log)"), log)
+    except BaseException as exc:  # a refusal, a signal, a bug: one line, one event, its exit code
+        tell.fail(exc, log)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

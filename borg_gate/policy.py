@@ -11,6 +11,7 @@ from borg_gate.command import ClientRequest
 from borg_gate.config import BinarySpec, Config
 from borg_gate.errors import misconfigured, not_allowed, shown
 from borg_gate.keyopts import CLIENT_RE, KeyOptions, Permission
+from borg_gate.slots import Budget as Budget  # the slots' input, decided here
 from borg_gate.values import frozen
 from borg_gate.versions import Borg
 
@@ -29,18 +30,6 @@ class Confinement:
         return [f"--restrict-to-path={p}" for p in self.paths] + [
             f"--restrict-to-repository={p}" for p in self.repositories
         ]
-
-
-@frozen
-class Budget:
-    """The session limits and queueing deadline that apply to this connection."""
-
-    max_sessions: int
-    max_sessions_per_client: int
-    wait: float
-    reserved_sessions: int = 0  # host slots only priority keys may take
-    priority: bool = False
-    max_sessions_per_repo: int = 1  # when the gate knows the repository before exec
 
 
 @frozen

@@ -23,7 +23,6 @@ import time
 
 from borg_gate import jsontext, statedir, values
 from borg_gate.errors import Kind, Refusal
-from borg_gate.policy import Budget
 
 TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
 if TYPE_CHECKING:
@@ -31,6 +30,8 @@ if TYPE_CHECKING:
     from typing import Final, TypeVar
 
     T = TypeVar("T")
+
+    from borg_gate.slots import Budget
 
 # borgstore's retries come 5 s after each refusal; refused at once, the third is in within ~16 s.
 RECALL: Final = 30.0

@@ -53,11 +53,10 @@ import time
 
 from borg_gate import budgetfile, holds, jsontext, statedir
 from borg_gate.errors import Kind, Refusal, busy, misconfigured
-from borg_gate.policy import Budget
+from borg_gate.values import frozen
 
 TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
 if TYPE_CHECKING:
-    import threading
     from collections.abc import Callable, Sequence
     from typing import Any, Final
 
@@ -157,6 +156,18 @@ def repo_key(path: str) -> str:
     return "repo." + budgetfile.digest(path.encode())[:8].hex()
 
 
+@frozen
+class Budget:
+    """The session limits and queueing deadline that apply to this connection (policy decides them)."""
+
+    max_sessions: int
+    max_sessions_per_client: int
+    wait: float
+    reserved_sessions: int = 0  # host slots only priority keys may take
+    priority: bool = False
+    max_sessions_per_repo: int = 1  # when the gate knows the repository before exec
+
+
 # --- descriptors ------------------------------------------------------------------------------
 
 
@@ -196,11 +207,11 @@ class _Blocker:
     """
 
     def __init__(self, requests: Sequence[Request], watch_fd: int) -> None:
-        import threading  # only waiters pay for it
+        import _thread  # threading's own base: waiters need a lock and threads, not its ~0.8 MiB
 
         self.requests = list(requests)
         self.watch_fd = watch_fd
-        self.mu: threading.Lock = threading.Lock()
+        self.mu = _thread.allocate_lock()
         self.won: list[int] = []
         self.done = False
         self.r, self.w = os.pipe()
@@ -209,9 +220,9 @@ class _Blocker:
         self.poll.register(self.r, select.POLLIN)
         if watch_fd >= 0:
             self.poll.register(watch_fd, 0)
-        threading.stack_size(256 * 1024)
+        _thread.stack_size(256 * 1024)
         for i in range(min(len(self.requests), MAX_THREADS)):
-            threading.Thread(target=self._block, args=(i,), daemon=True).start()
+            _thread.start_new_thread(self._block, (i,))  # never joined: exec or exit ends them
 
     def _try(self, i: int, *, wait: bool) -> bool:
         fd, start, length, shared = self.requests[i]
@@ -306,14 +317,15 @@ class _Acquirer:
 
     def counts(self, *levels: Level, ticket: Ticket | None = None) -> tuple[list[int | None], int | None]:
         """Slots in use per level and our place in line, from /proc/locks (None where unreadable)."""
-        from borg_gate import slotstatus
+        from borg_gate import locktable
 
         try:
-            ranges = slotstatus.lock_table().get(slotstatus.devino(os.fstat(self.locks)), [])
+            ino = locktable.devino(os.fstat(self.locks))
+            ranges = locktable.lock_table(only=ino).get(ino, [])
         except OSError:
             return [None] * len(levels), None
-        used: list[int | None] = [slotstatus.in_use(ranges, level.key, level.limit) for level in levels]
-        place = slotstatus.position(ranges, ticket.level.queue, ticket.seq) if ticket else None
+        used: list[int | None] = [locktable.in_use(ranges, level.key, level.limit) for level in levels]
+        place = locktable.position(ranges, ticket.level.queue, ticket.seq) if ticket else None
         return used, place
 
     def announce(self, level: Level, ticket: Ticket, *, full: bool = False) -> None:
@@ -605,6 +617,64 @@ class _RoomFor:
             resource.setrlimit(resource.RLIMIT_NOFILE, self.saved)
 
 
+def _levels(client: str, budget: Budget, repo: str | None) -> list[Level]:
+    levels = [
+        Level("client", client, budget.max_sessions_per_client),
+        Level("host", "host", budget.max_sessions, reserved=budget.reserved_sessions, priority=budget.priority),
+    ]
+    if repo is not None:  # first: waiting for its repository, a connection holds nothing others could use
+        levels.insert(0, Level("repo", repo, budget.max_sessions_per_repo, key=repo_key(repo)))
+    return levels
+
+
+def _free_slot(locks: int, level: Level) -> bool:
+    """Whether some slot this connection may use in ``level`` is unlocked right now (asks, takes nothing)."""
+    pos = budgetfile.slot_offset(level.key, min(level.usable))
+    end = budgetfile.slot_offset(level.key, max(level.usable)) + 1  # usable slots are one run of bytes
+    while pos < end:
+        held = budgetfile.lock_in(locks, pos, end - pos)
+        if held is None or held[0] > pos:
+            return True
+        pos = held[0] + held[1] if held[1] > 0 else end  # past that lock (a length of 0 runs to the end)
+    return False
+
+
+def would_wait(state_dir: str, client: str, budget: Budget, repo: str | None = None) -> bool:
+    """Whether this connection would queue if it asked for its slots now: someone queued, a slot budget full, a hold.
+
+    Only where to wait depends on it (session: the whole gate, or a lean waiter), never the
+    order or the count: acquire decides those, under its locks. Anything odd (no state dir
+    yet, an unsafe one) answers False, and acquire, in this process, refuses as it always did.
+    """
+    if budget.wait <= 0:
+        return False  # never queues: a free slot or a refusal, at once
+    try:
+        dir_fd = statedir.open_dir(state_dir, create=False)
+    except (OSError, Refusal):
+        return False
+    locks = -1
+    try:
+        locks = budgetfile.open_locks(dir_fd, state_dir)
+        if holds.any_active(dir_fd, client) is not None:
+            return True
+        for level in _levels(client, budget, repo):
+            if not level.usable:
+                return False  # acquire refuses such a budget at once
+            queues = [level.queue] + ([] if level.priority or level.kind != "host" else [f"prio.{level.key}"])
+            for queue in queues:
+                tickets = budgetfile.region(queue) + budgetfile.TICKETS
+                if budgetfile.lock_in(locks, tickets, budgetfile.TICKET_SPACE) is not None:
+                    return True  # someone is in the queue: grants follow arrival order
+            if not _free_slot(locks, level):
+                return True
+        return False
+    except (OSError, Refusal):
+        return False
+    finally:
+        _close([locks] if locks >= 0 else [])
+        os.close(dir_fd)
+
+
 def acquire(
     state_dir: str,
     client: str,
@@ -624,12 +694,7 @@ def acquire(
     client's stdout pipe) reports the client gone while queued. ``say`` gets the one
     "waiting" line for the client, ``emit`` the ``session.queued`` events.
     """
-    levels = [
-        Level("client", client, budget.max_sessions_per_client),
-        Level("host", "host", budget.max_sessions, reserved=budget.reserved_sessions, priority=budget.priority),
-    ]
-    if repo is not None:  # first: waiting for its repository, a connection holds nothing others could use
-        levels.insert(0, Level("repo", repo, budget.max_sessions_per_repo, key=repo_key(repo)))
+    levels = _levels(client, budget, repo)
     if not levels[-1].usable:
         raise misconfigured(
             f"reserved_sessions = {budget.reserved_sessions} leaves no session of {budget.max_sessions} to normal keys"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from borg_gate import connection
 
@@ -46,3 +50,17 @@ def test_ssh_connection_is_split_into_ip_and_port() -> None:
     assert len(conn.id) == 16
     odd = connection.current({"SSH_CONNECTION": "garbage"})
     assert (odd.remote_ip, odd.remote_port, odd.command) == (None, None, None)
+
+
+@given(st.text(alphabet="ABCQUJDabc019+/=$ \n-_", max_size=24))
+def test_the_key_blob_is_decoded_as_b64decode_validate_would(text: str) -> None:
+    """connection uses binascii's strict mode (the base64 module imports re); same bytes, same refusals."""
+    try:
+        expected: bytes | None = base64.b64decode(text, validate=True)
+    except ValueError:
+        expected = None
+    try:
+        got: bytes | None = binascii.a2b_base64(text, strict_mode=True)
+    except ValueError:
+        got = None
+    assert got == expected
