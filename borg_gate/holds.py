@@ -161,9 +161,9 @@ def main(argv: list[str], *, release: bool = False) -> int:
     if os.geteuid() != 0:
         print(f"borg-gate {command}: only root's holds count: run it as root", file=sys.stderr)
         return 2
-    from borg_gate.keyopts import CLIENT_RE
+    from borg_gate import patterns
 
-    if ns.client is not None and not CLIENT_RE.fullmatch(ns.client):
+    if ns.client is not None and not patterns.client_name(ns.client):
         print(f"borg-gate {command}: {ns.client!r} is not a client name", file=sys.stderr)
         return 2
     try:

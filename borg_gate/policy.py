@@ -7,10 +7,11 @@ permissions come from the key line and the config.
 
 from __future__ import annotations
 
+from borg_gate import patterns
 from borg_gate.command import ClientRequest
 from borg_gate.config import BinarySpec, Config
 from borg_gate.errors import misconfigured, not_allowed, shown
-from borg_gate.keyopts import CLIENT_RE, KeyOptions, Permission
+from borg_gate.keyopts import KeyOptions, Permission
 from borg_gate.slots import Budget as Budget  # the slots' input, decided here
 from borg_gate.values import frozen
 from borg_gate.versions import Borg
@@ -47,7 +48,7 @@ class ServePlan:
 
 def client_name(key: KeyOptions, unix_user: str) -> str:
     name = key.client if key.client is not None else unix_user
-    if not CLIENT_RE.fullmatch(name):
+    if not patterns.client_name(name):
         raise misconfigured(f"unix user {shown(name, 40)!r} is not a valid client name: give --client on the key line")
     return name
 

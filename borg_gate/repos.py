@@ -48,7 +48,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from borg_gate import config, counters, keyopts, policy, slots, statedir
+from borg_gate import config, counters, keyopts, patterns, policy, slots, statedir
 from borg_gate.errors import Refusal, shown
 from borg_gate.events import iso
 from borg_gate.status import admin_parser, guarded, load_config
@@ -130,7 +130,7 @@ def seen_clients(totals: counters.Totals, holders: Sequence[slots.Holder]) -> se
     for name in {counters.family(key) for key in totals.values}:
         clients.update(counters.by_label(totals.values, name, "client"))
     clients.update(h.client for h in holders if h.client)
-    return {c for c in clients if keyopts.CLIENT_RE.fullmatch(c)}
+    return {c for c in clients if patterns.client_name(c)}
 
 
 def config_roots(cfg: config.Config, clients: set[str]) -> list[Root]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -10,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from borg_gate import keyopts
+from borg_gate import keyopts, patterns
 from borg_gate.errors import Kind, Refusal
-from borg_gate.keyopts import KeyOptions, Permission, parse_key_options, parse_size
+from borg_gate.keyopts import PERMISSIONS, KeyOptions, Permission, parse_key_options, parse_size
 
 
 def misconfigured(argv: list[str]) -> str:
@@ -66,9 +67,17 @@ def test_every_option() -> None:
     )
 
 
-@pytest.mark.parametrize("mode", [p.value for p in Permission])
+@pytest.mark.parametrize("mode", [p.value for p in PERMISSIONS])
 def test_permissions(mode: str) -> None:
-    assert parse_key_options(["--permissions", mode]).permission is Permission(mode)
+    assert parse_key_options(["--permissions", mode]).permission is keyopts.permission(mode)
+
+
+def test_permissions_are_the_four_named_values() -> None:
+    assert PERMISSIONS == (Permission.ALL, Permission.NO_DELETE, Permission.WRITE_ONLY, Permission.READ_ONLY)
+    assert [p.value for p in PERMISSIONS] == ["all", "no-delete", "write-only", "read-only"]
+    assert keyopts.permission("read-only") is Permission.READ_ONLY
+    with pytest.raises(ValueError, match="not a permission"):
+        keyopts.permission("everything")
 
 
 def test_append_only_means_no_delete() -> None:
@@ -121,9 +130,9 @@ def test_client_name_accepted_exactly_when_it_matches(name: str) -> None:
         key = parse_key_options([f"--client={name}"])
     except Refusal as refusal:
         assert refusal.kind is Kind.MISCONFIGURED
-        assert not keyopts.CLIENT_RE.fullmatch(name)
+        assert not re.fullmatch(keyopts.CLIENT_PATTERN, name)  # the expression the refusal names
     else:
-        assert key.client == name and keyopts.CLIENT_RE.fullmatch(name)
+        assert key.client == name and re.fullmatch(keyopts.CLIENT_PATTERN, name)
         assert "/" not in name and not name.startswith(".")
 
 
@@ -173,6 +182,55 @@ def test_unknown_or_incomplete_options(argv: list[str]) -> None:
     misconfigured(argv)
 
 
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["--frobnicate", "x", "--", "--client"], "key line: unrecognized arguments: --frobnicate x -- --client"),
+        (["--client"], "key line: argument --client: expected one argument"),
+        (["--client", "--config=/x"], "key line: argument --client: expected one argument"),
+        (["--client", "--"], "key line: argument --client: expected one argument"),
+        (["--cli", "--client"], "key line: argument --client: expected one argument"),  # before the extras
+        (["--append-only=yes"], "key line: argument --append-only: ignored explicit argument 'yes'"),
+        (["--max-sessions", "x"], "key line: argument --max-sessions: invalid int value: 'x'"),
+        (["--wait=soon"], "key line: argument --wait: invalid float value: 'soon'"),
+        (
+            ["--permissions", "everything"],
+            "key line: argument --permissions: invalid choice: 'everything'"
+            " (choose from 'all', 'no-delete', 'write-only', 'read-only')",
+        ),
+        (["-hx"], "key line: argument -h/--help: ignored explicit argument 'x'"),
+        (["--help=x"], "key line: argument -h/--help: ignored explicit argument 'x'"),
+    ],
+)
+def test_refusals_say_what_argparse_said(argv: list[str], reason: str) -> None:
+    assert misconfigured(argv) == reason
+
+
+@pytest.mark.parametrize("option", ["--client", "--config", "--restrict-to-path", "--permissions", "--wait", "--borg"])
+def test_a_value_of_double_dash_is_missing(option: str) -> None:
+    """argparse stored ``--opt=--`` as an empty list: --permissions=-- meant all, the others crashed the gate."""
+    assert misconfigured([f"{option}=--"]) == f"key line: argument {option}: expected one argument"
+
+
+@pytest.mark.parametrize(
+    ("argv", "key"),
+    [
+        (["--config", "-1"], KeyOptions(config="-1")),  # a negative number is a value, as to argparse
+        (["--config", "-a b"], KeyOptions(config="-a b")),  # so is a word with a space
+        (["--config", "-"], KeyOptions(config="-")),
+        (["--config=--client"], KeyOptions(config="--client")),
+        (["--wait", "-0"], KeyOptions(wait=-0.0)),
+        (["--max-sessions", " 3 "], KeyOptions(max_sessions=3)),  # int()'s own syntax, as argparse's type=int
+        (
+            ["--client", "a", "--client", "b", "--restrict-to-path=/1", "--restrict-to-path", "/2"],
+            KeyOptions(client="b", restrict_to_paths=("/1", "/2")),
+        ),
+    ],
+)
+def test_values_argparse_took(argv: list[str], key: KeyOptions) -> None:
+    assert parse_key_options(argv) == key
+
+
 key_words = st.one_of(
     st.sampled_from(
         [
@@ -216,7 +274,7 @@ def test_no_key_line_crashes_the_parser(argv: list[str]) -> None:
         return
     for path in (*key.restrict_to_paths, *key.restrict_to_repositories):
         assert path.startswith("/") and path.isprintable()
-    assert key.client is None or keyopts.CLIENT_RE.fullmatch(key.client)
+    assert key.client is None or patterns.client_name(key.client)
     assert key.wait is None or (0 <= key.wait <= 604800 and not math.isnan(key.wait))
     assert key.storage_quota is None or key.storage_quota >= keyopts.MIN_QUOTA
 
@@ -231,13 +289,14 @@ def test_parse_size_computes_what_borg_computes(number: int, fraction: str, unit
     assert parse_size(f"{number}{fraction}{unit}") == int(float(f"{number}{fraction}") * factor)
 
 
-def test_parsing_a_key_line_does_not_import_shutil() -> None:
-    """argparse's default help formatter imports shutil (and bz2, lzma, …) for the terminal width: ~2-3 ms."""
+def test_parsing_a_key_line_imports_neither_argparse_nor_re() -> None:
+    """argparse with re and gettext costs a connection ~6 ms; its help formatter's shutil (bz2, lzma, …) ~2-3 ms."""
     probe = (
         "import sys\n"
         "from borg_gate.keyopts import parse_key_options\n"
-        "parse_key_options(['--client', 'alice', '--append-only', '--restrict-to-path', '/srv'])\n"
-        "assert 'shutil' not in sys.modules\n"
+        "parse_key_options(['--client', 'alice', '--append-only', '--restrict-to-path', '/srv', '--wait=5'])\n"
+        "loaded = {'argparse', 're', 'gettext', 'shutil'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
     )
     out = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr

@@ -23,7 +23,7 @@ from borg_gate import policy
 from borg_gate.command import ClientRequest, parse_command
 from borg_gate.config import BinarySpec, Config, parse_config
 from borg_gate.errors import Kind, Refusal
-from borg_gate.keyopts import KeyOptions, Permission, parse_key_options
+from borg_gate.keyopts import PERMISSIONS, KeyOptions, Permission, parse_key_options
 from borg_gate.versions import Borg, BorgVersion
 from tests import platform_facts
 from tests.recorder.grammar import VERSIONS, Grammar
@@ -296,7 +296,7 @@ key_lines = st.fixed_dictionaries(
         "client": st.sampled_from(["alice", "bob-2", "host.example"]),
         "paths": st.lists(st.sampled_from(["/srv/borg/{client}", "/srv/shared", "/data/{client}/borg"]), max_size=2),
         "repos": st.lists(st.sampled_from(["/srv/one", "/srv/{client}.borg"]), max_size=2),
-        "permission": st.sampled_from([["--append-only"]] + [["--permissions", p.value] for p in Permission]),
+        "permission": st.sampled_from([["--append-only"]] + [["--permissions", p.value] for p in PERMISSIONS]),
         "quota": st.sampled_from(["10M", "500G", "1.5T"]),
         "borg": st.sampled_from(sorted(BINARIES)),
     },

@@ -1,0 +1,116 @@
+"""The key line's table parser (keyopts.scan) reads every word as argparse (keyopts.build_parser) does.
+
+argparse stays the reference: it serves ``borg-gate --help`` and authorize's options, and it is
+what key lines were read with before a connection stopped importing it. Same words in, same
+values out, or the same refusal in the same words; the one difference is ``--opt=--``, which
+argparse stores as an empty list (keyopts.scan's docstring).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable
+
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from borg_gate import keyopts
+from borg_gate.errors import Kind, Refusal
+
+VALUE_OPTIONS = [o for o, (_, kind, _) in keyopts.OPTIONS.items() if kind != keyopts.FLAG]
+NAMES = [*keyopts.OPTIONS, *keyopts.HELP]
+
+# Words where argparse's reading turns: what looks like an option, a negative number, a space, "--".
+VALUES = [
+    *("alice", "a.b-c", "/srv", "/srv/{client}", "relative", "all", "no-delete", "read-only", "everything"),
+    *("10G", "9M", "1.5T", "3", " 3", "+3", "1_000", "٣", "0", "1.5", "2e3", "nan", "inf", "-inf", "604801"),
+    *("-1", "-0", "-.5", "-1.5", "-1.", "-1\n", "-1\n\n", "-٣", "-1e3", "-a b", "--x y", "--client=a b", "-x"),
+    *("-", "--", "---", "", "=", "-=", "--=", "-h", "-hh", "-hx", "-h=", "-h=h", "--help=", "--cli", "--restrict"),
+]
+words = st.one_of(
+    st.sampled_from(NAMES),
+    st.sampled_from(VALUES),
+    st.builds(lambda o, v: f"{o}={v}", st.sampled_from(NAMES), st.sampled_from(VALUES)),
+    st.text(alphabet="-h=1. \nac", max_size=6),
+    st.text(max_size=8),
+)
+# Mostly options with values they may take, so that many lines are read and their values compared.
+given_option = st.one_of(
+    st.builds(lambda o: [o], st.sampled_from([o for o in keyopts.OPTIONS if o not in VALUE_OPTIONS])),
+    st.builds(
+        lambda o, v, joined: [f"{o}={v}"] if joined else [o, v],
+        st.sampled_from(VALUE_OPTIONS),
+        st.sampled_from(VALUES),
+        st.booleans(),
+    ),
+)
+key_lines = st.one_of(
+    st.lists(words, max_size=8),
+    st.lists(given_option, max_size=5).map(lambda groups: [w for g in groups for w in g]),
+)
+
+
+def test_the_table_has_build_parsers_options() -> None:
+    kinds = {"_StoreAction": keyopts.ONE, "_AppendAction": keyopts.EACH, "_StoreTrueAction": keyopts.FLAG}
+    parser = {
+        option: (action.dest, kinds[type(action).__name__])
+        for action in keyopts.build_parser()._actions
+        for option in action.option_strings
+        if action.dest != "help"
+    }
+    assert parser == {option: (attr, kind) for option, (attr, kind, _) in keyopts.OPTIONS.items()}
+    assert [a.option_strings for a in keyopts.build_parser()._actions if a.dest == "help"] == [list(keyopts.HELP)]
+
+
+def outcome(read: Callable[[list[str]], keyopts.Words], argv: list[str]) -> tuple[str, object]:
+    try:
+        got = read(list(argv))
+    except Refusal as refusal:
+        assert refusal.kind is Kind.MISCONFIGURED
+        return "refused", refusal.reason
+    except SystemExit as exc:  # --help: printed, and exits 0
+        return "exit", exc.code
+    # repr: nan equals nothing, and -0.0 equals 0.0
+    return "read", {k: repr(v) if isinstance(v, float) else v for k, v in vars(got).items()}
+
+
+def argparse_reads(argv: list[str]) -> keyopts.Words:
+    return keyopts.build_parser().parse_args(argv, keyopts.Words())
+
+
+@settings(max_examples=3000, deadline=None)
+@given(key_lines)
+def test_table_reads_key_lines_as_argparse_does(argv: list[str]) -> None:
+    table = outcome(keyopts.scan, argv)
+    reference = outcome(argparse_reads, argv)
+    event(reference[0] if table == reference else "argparse's --opt=--")
+    if table != reference:
+        # argparse's one quirk: `--opt=--` is an empty list to it, a missing value to the table.
+        assert table[0] == "refused", (table, reference)
+        assert any(
+            table[1] == f"key line: argument {o}: expected one argument" and f"{o}=--" in argv for o in VALUE_OPTIONS
+        ), (table, reference)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(key_lines)
+def test_every_key_line_is_read_or_refused(argv: list[str]) -> None:
+    """Never a crash (an internal error on every connection): argparse's `--wait=--` was one."""
+    with contextlib.suppress(Refusal, SystemExit):
+        keyopts.parse_key_options(argv)
+
+
+@settings(max_examples=1000)
+@given(st.one_of(st.sampled_from(VALUES), st.text(alphabet="-h=1٣. \nac", max_size=8), st.text(max_size=8)))
+def test_words_are_told_apart_as_argparse_tells_them(word: str) -> None:
+    parser = keyopts.build_parser()
+    found = parser._parse_optional(word)
+    expected = None if found is None else (found[1] if found[0] is not None else "", found[2])
+    assert keyopts._option(word) == expected
+
+
+@settings(max_examples=1000)
+@given(st.text(alphabet="-.0123456789٣\n x", max_size=8).map(lambda t: "-" + t))
+def test_negative_numbers_are_argparses(word: str) -> None:
+    assert keyopts._negative_number(word) == bool(re.match(r"^-\d+$|^-\d*\.\d+$", word))
