@@ -5,7 +5,6 @@ Admin modules are imported only when asked for, so a connection pays for none of
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
@@ -26,6 +25,8 @@ ADMIN: Final = {
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in ADMIN:
+        import importlib  # with warnings: a connection needs neither
+
         module = importlib.import_module(ADMIN[args[0]])
         result: int = module.main(args[1:], release=True) if args[0] == "release" else module.main(args[1:])
         return result

@@ -278,15 +278,15 @@ def test_open_file_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
 
 
 def test_without_proc_locks_the_refusal_still_names_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from borg_gate import slotstatus
+    from borg_gate import locktable
 
-    def unreadable() -> dict[tuple[int, int, int], list[tuple[int, int, bool]]]:
+    def unreadable(only: object = None) -> dict[tuple[int, int, int], list[tuple[int, int, bool]]]:
         raise PermissionError(13, "Permission denied", "/proc/locks")
 
     state = str(tmp_path / "s")
     session = slots.Session("alice", "c1", "/usr/bin/borg")
     first = slots.acquire(state, "bob", Budget(1, 2, 0), session, say=quiet, emit=quiet, watch_fd=-1)
-    monkeypatch.setattr(slotstatus, "lock_table", unreadable)
+    monkeypatch.setattr(locktable, "lock_table", unreadable)
     with pytest.raises(Refusal) as refused:
         slots.acquire(state, "alice", Budget(1, 2, 0), session, say=quiet, emit=quiet, watch_fd=-1)
     assert refused.value.reason == "server busy: ?/1 sessions in use, alice ?/2; waited 0.0 s"
