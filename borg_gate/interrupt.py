@@ -90,6 +90,20 @@ def install() -> None:
         _signal.signal(signum, _handler)
 
 
+def defer() -> None:
+    """Hold these signals back across an exec into the waiter (session): exec resets handlers, not the mask.
+
+    The waiter's :func:`resume` delivers what came meanwhile, to its own handlers: a Ctrl-C or
+    SIGHUP while the waiter's interpreter starts is a refusal too, not a traceback.
+    """
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, SIGNALS)
+
+
+def resume() -> None:
+    """Let the signals :func:`defer` held back in again (after :func:`install`, or after a failed exec)."""
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, SIGNALS)
+
+
 def leaving(exit_code: int) -> None:
     """A refusal is being said and logged: a signal from now on only ends the process, with this code."""
     _state.exit_code = exit_code

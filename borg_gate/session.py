@@ -22,6 +22,7 @@ import sys
 from borg_gate import events, execute, interrupt, reconnects, slots, tell, values
 from borg_gate.connection import Connection
 from borg_gate.errors import Kind
+from borg_gate.interrupt import Interrupted
 
 TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
 if TYPE_CHECKING:
@@ -87,8 +88,12 @@ def become_waiter(seat: Seat) -> None:
             return
         os.lseek(fd, 0, os.SEEK_SET)
         os.set_inheritable(fd, True)
-        # -IS as the Debian package's /usr/bin/borg-gate; the waiter puts this package on its path.
-        os.execve(sys.executable, [sys.executable, "-IS", WAITER, str(fd)], seat.env)
+        interrupt.defer()
+        try:
+            # -IS as the Debian package's /usr/bin/borg-gate; the waiter puts this package on its path.
+            os.execve(sys.executable, [sys.executable, "-IS", WAITER, str(fd)], seat.env)
+        finally:
+            interrupt.resume()  # no exec: this process waits, with its own handlers
     except (OSError, ValueError):
         pass
     finally:
@@ -125,18 +130,22 @@ def run(seat: Seat, log: events.EventLog) -> NoReturn:
 
 def resume(fd: int) -> NoReturn:
     """The waiter's whole life: read the Seat the gate left in ``fd``, then :func:`run` it."""
-    interrupt.install()  # exec reset the gate's handlers: until here a signal ends it silently
+    interrupt.install()  # exec reset the gate's handlers; what came meanwhile is held back (defer)
     try:
         data = os.read(fd, MAX_SEAT_BYTES + 1)
         os.close(fd)
         seat = Seat.load(data)
-    except BaseException:  # no Seat, so no connection id nor log to tell: the client at least hears why
+    except Exception:  # no Seat, so no connection id nor log to tell: the client at least hears why
         tell.say("internal error, refused (the waiting process lost its connection's state)")
         os._exit(int(Kind.INTERNAL))
     log = seat.log()
     try:
-        run(seat, log)
-    except SystemExit:
-        raise
-    except BaseException as exc:
-        tell.fail(exc, log)
+        try:
+            interrupt.resume()  # a signal that came while this interpreter started is answered now
+            run(seat, log)
+        except SystemExit:
+            raise
+        except BaseException as exc:  # a refusal, a signal, a bug: as the gate answers them
+            tell.fail(exc, log)
+    except Interrupted:  # arrived inside those handlers, before a refusal took over: end quietly
+        os._exit(int(Kind.CLIENT_GONE))

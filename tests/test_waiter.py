@@ -232,3 +232,25 @@ def test_the_waiter_loads_none_of_the_heavy_modules() -> None:
     code = "import sys; sys.path.insert(0, sys.argv[1]); import borg_gate.session, borg_gate.locktable, _thread"
     names = imported([sys.executable, "-IS", "-X", "importtime", "-c", code, package_root], {})
     assert not names & HEAVY, sorted(names & HEAVY)
+
+
+def test_a_signal_during_the_exec_into_the_waiter_is_answered_by_the_waiter() -> None:
+    """exec resets the handlers but keeps the mask: defer holds SIGHUP back until the waiter can refuse."""
+    package_root = str(Path(session.__file__).parents[1])
+    after = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from borg_gate import interrupt; interrupt.install()\n"
+        "try:\n    interrupt.resume()\nexcept interrupt.Interrupted as exc:\n    print('answered', exc.name)"
+    )
+    before = (
+        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); from borg_gate import interrupt\n"
+        "interrupt.install(); interrupt.defer(); os.kill(os.getpid(), signal.SIGHUP)\n"
+        "os.execv(sys.executable, [sys.executable, '-IS', '-c', sys.argv[2], sys.argv[1]])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-IS", "-c", before, package_root, after],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (out.returncode, out.stdout) == (0, "answered SIGHUP\n"), out.stderr
