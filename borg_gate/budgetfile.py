@@ -129,15 +129,41 @@ def lock(fd: int, start: int, length: int = 1, *, shared: bool = False, wait: bo
     return True
 
 
-def lock_in(fd: int, start: int, length: int) -> tuple[int, int] | None:
-    """(start, length) of a lock someone holds that would keep a write lock off these bytes, or None.
+def lock_in(fd: int, start: int, length: int, *, exclusive_only: bool = False) -> tuple[int, int] | None:
+    """(start, length) of a lock some other descriptor holds on these bytes, or None.
 
-    F_OFD_GETLK: it asks, takes nothing. The answer is stale as soon as it is given; only
-    the connection's decision where to wait uses it (slots.would_wait), never who gets a slot.
+    F_OFD_GETLK: it asks, takes nothing, and the answer is stale as soon as it is given:
+    only where a connection waits (slots.would_wait) and what it tells (counts) use it,
+    never who gets a slot. ``exclusive_only``: ask as a reader, whom only write locks stop.
+    The kernel names *a* conflicting lock, not the lowest one.
     """
-    request = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
-    kind, _, got_start, got_length, _ = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_OFD_GETLK, request))
-    return None if kind == fcntl.F_UNLCK else (got_start, got_length)
+    kind = fcntl.F_RDLCK if exclusive_only else fcntl.F_WRLCK
+    request = struct.pack(_FLOCK, kind, os.SEEK_SET, start, length, 0)
+    got, _, got_start, got_length, _ = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_OFD_GETLK, request))
+    if got == fcntl.F_UNLCK:
+        return None
+    return got_start, got_length if got_length > 0 else (1 << 62)  # 0: to the end of the file
+
+
+def locked_bytes(fd: int, start: int, length: int, *, exclusive_only: bool = False) -> int:
+    """How many bytes of [start, start + length) some lock covers (several locks on one byte count once).
+
+    Each F_OFD_GETLK names one lock; its bytes are counted and the parts of the range on
+    either side of it asked about in turn: about two calls per lock found, plus one, however
+    wide the range (a queue's whole window of 2**22 tickets). What /proc/locks would say,
+    without the kernel printing every lock on the host for it.
+    """
+    total = 0
+    todo = [(start, start + length)]
+    while todo:
+        a, b = todo.pop()
+        found = lock_in(fd, a, b - a, exclusive_only=exclusive_only)
+        if found is None:
+            continue
+        lo, hi = max(a, found[0]), min(b, found[0] + found[1])
+        total += hi - lo
+        todo += [r for r in ((a, lo), (hi, b)) if r[0] < r[1]]
+    return total
 
 
 def unlock(fd: int, start: int, length: int = 1) -> None:

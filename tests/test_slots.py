@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from borg_gate import slots, statedir
 from borg_gate.errors import Kind, Refusal
@@ -277,18 +280,47 @@ def test_open_file_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
         os.close(fd)
 
 
-def test_without_proc_locks_the_refusal_still_names_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from borg_gate import locktable
+def test_the_refusal_counts_from_the_lock_file_not_proc_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queued connection asks the lock file (F_OFD_GETLK) what is in use: /proc/locks is status' alone."""
+    from borg_gate import slotstatus
 
-    def unreadable(only: object = None) -> dict[tuple[int, int, int], list[tuple[int, int, bool]]]:
-        raise PermissionError(13, "Permission denied", "/proc/locks")
+    def unreadable() -> dict[tuple[int, int, int], list[tuple[int, int, bool]]]:
+        raise AssertionError("a connection read /proc/locks")
 
     state = str(tmp_path / "s")
     session = slots.Session("alice", "c1", "/usr/bin/borg")
     first = slots.acquire(state, "bob", Budget(1, 2, 0), session, say=quiet, emit=quiet, watch_fd=-1)
-    monkeypatch.setattr(locktable, "lock_table", unreadable)
+    monkeypatch.setattr(slotstatus, "lock_table", unreadable)
     with pytest.raises(Refusal) as refused:
         slots.acquire(state, "alice", Budget(1, 2, 0), session, say=quiet, emit=quiet, watch_fd=-1)
-    assert refused.value.reason == "server busy: ?/1 sessions in use, alice ?/2; waited 0.0 s"
+    assert refused.value.reason == "server busy: 1/1 sessions in use, alice 1/2; waited 0.0 s"  # hers, held while queued
     for fd in first.fds:
         os.close(fd)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 300), st.integers(1, 40), st.booleans()), max_size=12),
+    st.integers(0, 200),
+    st.integers(1, 200),
+)
+def test_locked_bytes_is_what_proc_locks_says(locks: list[tuple[int, int, bool]], start: int, length: int) -> None:
+    """budgetfile.locked_bytes against slotstatus' reading of /proc/locks, for any set of (overlapping) locks."""
+    from borg_gate import budgetfile, slotstatus
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fd = os.open(os.path.join(tmp, "locks"), os.O_RDWR | os.O_CREAT, 0o600)
+        held = []
+        try:
+            for at, n, write in locks:
+                other = budgetfile.reopen(fd)
+                held.append(other)
+                budgetfile.lock(other, at, n, shared=not write)
+            table = slotstatus.lock_table().get(slotstatus.devino(os.fstat(fd)), [])
+            for exclusive_only in (False, True):
+                expected = slotstatus.count(table, start, length, exclusive_only=exclusive_only)
+                assert budgetfile.locked_bytes(fd, start, length, exclusive_only=exclusive_only) == expected
+        finally:
+            for other in held:
+                os.close(other)
+            os.close(fd)

@@ -229,7 +229,7 @@ def test_a_connection_with_free_slots_loads_none_of_the_heavy_modules(site: Site
 
 def test_the_waiter_loads_none_of_the_heavy_modules() -> None:
     package_root = str(Path(session.__file__).parents[1])
-    code = "import sys; sys.path.insert(0, sys.argv[1]); import borg_gate.session, borg_gate.locktable, _thread"
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import borg_gate.session, _thread"
     names = imported([sys.executable, "-IS", "-X", "importtime", "-c", code, package_root], {})
     assert not names & HEAVY, sorted(names & HEAVY)
 
