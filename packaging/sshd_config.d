@@ -1,6 +1,8 @@
 # sshd_config drop-in for borg-gate: copy to /etc/ssh/sshd_config.d/borg-gate.conf, adjust
 # MaxStartups, check with `sshd -t`, then `systemctl reload ssh`. Debian's sshd_config includes
-# sshd_config.d/*.conf at its top, and for each keyword the first value sshd reads wins.
+# sshd_config.d/*.conf at its top, and for each keyword the first value sshd reads wins, except
+# MaxStartups, where the last one does: a MaxStartups in sshd_config itself overrides this one
+# (`sshd -T | grep maxstartups` shows the one in effect; `borg-gate check` reads it so too).
 #
 # Applies to the backup users: the members of the group borg-gate (the group that also shares
 # the gate's state dir /run/borg-gate), whose authorized_keys lines run borg-gate.

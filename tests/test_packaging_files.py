@@ -120,3 +120,12 @@ def test_sshd_drop_in_leaves_other_users_and_later_settings_alone(sshd_config: P
     assert got["clientaliveinterval"] == "0"
     assert got["disableforwarding"] == "no"
     assert got["x11forwarding"] == "yes"  # the Match block ends with the drop-in
+
+
+def test_a_later_max_startups_overrides_the_drop_ins(tmp_path: Path, sshd_config: Path) -> None:
+    """The one keyword where sshd keeps the last value, as the drop-in's comment warns (and bench/herd met)."""
+    cfg = tmp_path / "sshd_config"
+    cfg.write_text(sshd_config.read_text() + "MaxStartups 10:30:60\n")
+    assert effective(cfg, MEMBER)["maxstartups"] == "10:30:60"
+    cfg.write_text(sshd_config.read_text() + "LoginGraceTime 120\n")  # most keywords: the first one wins
+    assert effective(cfg, MEMBER)["logingracetime"] == "30"

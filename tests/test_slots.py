@@ -293,7 +293,8 @@ def test_the_refusal_counts_from_the_lock_file_not_proc_locks(tmp_path: Path, mo
     monkeypatch.setattr(slotstatus, "lock_table", unreadable)
     with pytest.raises(Refusal) as refused:
         slots.acquire(state, "alice", Budget(1, 2, 0), session, say=quiet, emit=quiet, watch_fd=-1)
-    assert refused.value.reason == "server busy: 1/1 sessions in use, alice 1/2; waited 0.0 s"  # hers, held while queued
+    # alice 1/2: her own client slot, held while she queues for the host
+    assert refused.value.reason == "server busy: 1/1 sessions in use, alice 1/2; waited 0.0 s"
     for fd in first.fds:
         os.close(fd)
 

@@ -167,7 +167,9 @@ class Sshd:
                     "PubkeyAuthentication yes",
                     "PermitRootLogin no",
                     "ExposeAuthInfo yes",
-                    "MaxStartups 200:30:400",
+                    # Unlike most keywords, sshd keeps the LAST MaxStartups it reads: this default
+                    # only where the caller sets none, or it would override theirs (bench/herd).
+                    *([] if "MaxStartups" in leading_config + extra_config else ["MaxStartups 200:30:400"]),
                     "MaxSessions 50",
                     "LogLevel VERBOSE",
                     f"AllowUsers {' '.join(USERS)}",
