@@ -660,10 +660,9 @@ def would_wait(state_dir: str, client: str, budget: Budget, repo: str | None = N
         for level in _levels(client, budget, repo):
             if not level.usable:
                 return False  # acquire refuses such a budget at once
-            queues = [level.queue] + ([] if level.priority or level.kind != "host" else [f"prio.{level.key}"])
-            for queue in queues:
-                tickets = budgetfile.region(queue) + budgetfile.TICKETS
-                if budgetfile.lock_in(locks, tickets, budgetfile.TICKET_SPACE) is not None:
+            lanes = (budgetfile.region(level.queue) + budgetfile.TICKETS, _Acquirer.priority_lane(level))
+            for start in lanes:  # its own queue, and a normal host head yields to the priority lane
+                if start is not None and budgetfile.lock_in(locks, start, budgetfile.TICKET_SPACE) is not None:
                     return True  # someone is in the queue: grants follow arrival order
             if not _free_slot(locks, level):
                 return True
