@@ -166,6 +166,28 @@ def locked_bytes(fd: int, start: int, length: int, *, exclusive_only: bool = Fal
     return total
 
 
+def highest_locked(fd: int, start: int, length: int) -> int | None:
+    """The highest byte of [start, start + length) that some other descriptor write-locks, or None.
+
+    F_OFD_GETLK names *a* conflicting lock (in practice the oldest), so the answer is
+    narrowed by halves: at most two calls per bit of ``length`` (22 for a queue's window).
+    """
+    end = start + length
+    found = lock_in(fd, start, length, exclusive_only=True)
+    if found is None:
+        return None
+    low = min(end, found[0] + found[1]) - 1  # a locked byte; is any above it?
+    high = end  # nothing locked at or above it
+    while high - low > 1:
+        mid = (low + high) // 2
+        above = lock_in(fd, mid, high - mid, exclusive_only=True)
+        if above is None:
+            high = mid
+        else:
+            low = min(high, above[0] + above[1]) - 1
+    return low
+
+
 def unlock(fd: int, start: int, length: int = 1) -> None:
     fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack(_FLOCK, fcntl.F_UNLCK, os.SEEK_SET, start, length, 0))
 

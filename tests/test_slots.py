@@ -325,3 +325,34 @@ def test_locked_bytes_is_what_proc_locks_says(locks: list[tuple[int, int, bool]]
             for other in held:
                 os.close(other)
             os.close(fd)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 300), st.integers(1, 40), st.booleans()), max_size=8),
+    st.integers(0, 300),
+    st.integers(1, 300),
+)
+def test_highest_locked_is_the_top_write_locked_byte(
+    locks: list[tuple[int, int, bool]], start: int, length: int
+) -> None:
+    """budgetfile.highest_locked, for any set of (overlapping) read and write locks held by other
+    descriptions: the highest write-locked byte in the range, as a byte-by-byte count has it."""
+    from borg_gate import budgetfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fd = os.open(os.path.join(tmp, "locks"), os.O_RDWR | os.O_CREAT, 0o600)
+        held = []
+        written: set[int] = set()
+        try:
+            for at, n, write in locks:
+                other = budgetfile.reopen(fd)
+                held.append(other)
+                if budgetfile.lock(other, at, n, shared=not write) and write:  # a conflicting one is not taken
+                    written.update(range(at, at + n))
+            expected = max((b for b in written if start <= b < start + length), default=None)
+            assert budgetfile.highest_locked(fd, start, length) == expected
+        finally:
+            for other in held:
+                os.close(other)
+            os.close(fd)
