@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import subprocess
 import tomllib
 from pathlib import Path
@@ -129,3 +131,53 @@ def test_a_later_max_startups_overrides_the_drop_ins(tmp_path: Path, sshd_config
     assert effective(cfg, MEMBER)["maxstartups"] == "10:30:60"
     cfg.write_text(sshd_config.read_text() + "LoginGraceTime 120\n")  # most keywords: the first one wins
     assert effective(cfg, MEMBER)["logingracetime"] == "30"
+
+
+SSH_SERVICE_DROP_IN = PACKAGING / "ssh.service.d"
+
+
+def test_ssh_service_drop_in_is_a_drop_in_systemd_reads(tmp_path: Path) -> None:
+    """Every key known to this systemd, in the section it belongs to: a misspelt one is only a
+    warning when ssh.service starts, and the herd host would run without it."""
+    unit = tmp_path / "borg-gate-herd-check.service"
+    unit.write_text("[Unit]\nDescription=check\n" + SSH_SERVICE_DROP_IN.read_text() + "ExecStart=/bin/true\n")
+    got = run("systemd-analyze", "verify", "--man=no", unit, check=False)
+    assert "borg-gate-herd-check.service:" not in got.stderr, got.stderr
+    body = [line for line in SSH_SERVICE_DROP_IN.read_text().splitlines() if line and not line.startswith("#")]
+    assert body == ["[Service]", "CPUSchedulingPolicy=fifo", "CPUSchedulingPriority=1", "CPUSchedulingResetOnFork=yes"]
+
+
+def test_ssh_service_drop_in_raises_the_listener_only(tmp_path: Path) -> None:
+    """What its comment promises, on a real sshd: the listener real-time, and a connection's own
+    process (what runs the gate and borg serve) back at the normal policy, as the kernel's reset
+    on fork gives it."""
+    from tests.e2e import harness
+
+    harness.require_root()
+    sshd = harness.Sshd(tmp_path / "sshd")
+    sshd.start()
+    try:
+        assert sshd.proc is not None
+        harness.apply_service_priority(sshd.proc.pid, SSH_SERVICE_DROP_IN)
+        assert os.sched_getscheduler(sshd.proc.pid) == os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
+        with socket.create_connection(("127.0.0.1", sshd.port)) as conn:
+            conn.sendall(b"SSH-2.0-OpenSSH_check\r\n")
+            conn.recv(256)  # sshd's banner: its connection process exists, forked by the listener
+            checked = 0
+            for child in (int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == sshd.proc.pid):
+                try:
+                    nice, policy = os.getpriority(os.PRIO_PROCESS, child), os.sched_getscheduler(child)
+                except ProcessLookupError:
+                    continue  # one that ended meanwhile: ours is still connected
+                assert (nice, policy) == (0, os.SCHED_OTHER)  # no raise, and no reset-on-fork flag, left on it
+                checked += 1
+            assert checked
+    finally:
+        sshd.stop()
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -99,6 +99,10 @@ def test_package_installs_the_gate_under_usr_with_its_conffiles(deb: Path) -> No
     units = {f"/usr/lib/systemd/system/borg-gate-metrics.{kind}" for kind in ("service", "timer")}
     assert units <= listed
     assert not os.path.lexists("/etc/systemd/system/timers.target.wants/borg-gate-metrics.timer")
+    # the ssh.service drop-in for a herd host is an example, as the README's install line reads it
+    herd = "/usr/share/doc/borg-gate/examples/ssh.service.d/borg-gate-herd.conf"
+    assert herd in listed and Path(herd).read_bytes() == (REPO / "packaging/ssh.service.d").read_bytes()
+    assert not os.path.lexists("/etc/systemd/system/ssh.service.d/borg-gate-herd.conf")
     # postinst made the group and, through the tmpfiles entry, the shared paths
     gid = int(run("getent", "group", GROUP).stdout.split(":")[2])
     for path, mode in (("/run/borg-gate", 0o3770), ("/var/log/borg-gate", 0o750)):

@@ -119,6 +119,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def apply_service_priority(pid: int, drop_in: Path) -> str:
+    """A systemd drop-in's Nice=, CPUScheduling{Policy,Priority,ResetOnFork}= applied to a running
+    process as systemd applies them when it starts the service (packaging/ssh.service.d, for
+    sshd's listener)."""
+    settings = dict(
+        line.split("=", 1) for line in drop_in.read_text().splitlines() if line[:1].isalpha() and "=" in line
+    )
+    nice = int(settings.get("Nice", "0"))
+    os.setpriority(os.PRIO_PROCESS, pid, nice)
+    policy = {"other": os.SCHED_OTHER, "fifo": os.SCHED_FIFO, "rr": os.SCHED_RR}[
+        settings.get("CPUSchedulingPolicy", "other")
+    ]
+    priority = int(settings.get("CPUSchedulingPriority", "0"))
+    reset = settings.get("CPUSchedulingResetOnFork") == "yes"
+    os.sched_setscheduler(pid, policy | (os.SCHED_RESET_ON_FORK if reset else 0), os.sched_param(priority))
+    how = f"nice {nice}" if policy == os.SCHED_OTHER else f"{settings['CPUSchedulingPolicy']} {priority}"
+    return f"listener at {how}{', reset on fork' if reset else ''} ({drop_in.parent.name}/{drop_in.name})"
+
+
 @dataclass
 class Sshd:
     """A private sshd on 127.0.0.1; authorized_keys live in ``keys_dir/<user>``."""
