@@ -170,7 +170,7 @@ def highest_locked(fd: int, start: int, length: int) -> int | None:
     """The highest byte of [start, start + length) that some other descriptor write-locks, or None.
 
     F_OFD_GETLK names *a* conflicting lock (in practice the oldest), so the answer is
-    narrowed by halves: at most two calls per bit of ``length`` (22 for a queue's window).
+    narrowed by halves: one call, and one more per halving (at most 23 for a queue's window).
     """
     end = start + length
     found = lock_in(fd, start, length, exclusive_only=True)
