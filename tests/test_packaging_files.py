@@ -9,6 +9,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+import psutil
 import pytest
 
 from borg_gate import config, values
@@ -164,20 +165,13 @@ def test_ssh_service_drop_in_raises_the_listener_only(tmp_path: Path) -> None:
             conn.sendall(b"SSH-2.0-OpenSSH_check\r\n")
             conn.recv(256)  # sshd's banner: its connection process exists, forked by the listener
             checked = 0
-            for child in (int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == sshd.proc.pid):
+            for child in psutil.Process(sshd.proc.pid).children():
                 try:
-                    nice, policy = os.getpriority(os.PRIO_PROCESS, child), os.sched_getscheduler(child)
-                except ProcessLookupError:
+                    nice, policy = child.nice(), os.sched_getscheduler(child.pid)
+                except (psutil.NoSuchProcess, ProcessLookupError):
                     continue  # one that ended meanwhile: ours is still connected
                 assert (nice, policy) == (0, os.SCHED_OTHER)  # no raise, and no reset-on-fork flag, left on it
                 checked += 1
             assert checked
     finally:
         sshd.stop()
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
