@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pty
+import select
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -75,12 +76,17 @@ def test_a_signal_while_queued_is_a_client_gone_refusal(busy: tuple[Host, subpro
     waiter = start_gate(host, ["--client", "alice"])
     try:
         wait_for(lambda: events(host, "session.queued"), "alice's session.queued")
+        # The queue's stderr notice follows its event: signalled between the two, the gate
+        # would rightly end without it. Wait for the line itself (bounded) before signalling.
+        assert waiter.stderr is not None
+        assert select.select([waiter.stderr], [], [], 60)[0], "no stderr line from the queued gate"
+        first = waiter.stderr.readline()
         os.kill(waiter.pid, sig)
         _, err = waiter.communicate(timeout=60)
     finally:
         stop(waiter)
     assert waiter.returncode == Kind.CLIENT_GONE, err
-    said = err.decode().splitlines()
+    said = (first + err).decode().splitlines()
     assert said[0].startswith("borg-gate: waiting for a session slot")  # the queue's own notice, as ever
     assert said[1:] == [f"borg-gate: interrupted by {name(sig)} before borg serve started"]  # one ending line
     (refused,) = events(host, "connection.refused")
