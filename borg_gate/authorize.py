@@ -17,13 +17,12 @@ import re
 import shutil
 import stat
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Final
 
 import filelock
 
-from borg_gate import authkeys, check, config, keyopts
+from borg_gate import authkeys, check, config, keyopts, statedir
 from borg_gate.errors import Refusal, shown
 
 MAX_INPUT: Final = 64 << 10
@@ -180,7 +179,7 @@ def install(path: str, line: str, key: authkeys.PublicKey) -> str:
         new, what = merge(old, line, key)
         if new == old:
             return f"{path}: already present (line unchanged)"
-        _write(path, directory, dfd, new, st)
+        _write(path, dfd, new, st)
         return f"{path}: {what}" + ("" if st is None else f"; previous version in {path}.bak")
     finally:
         os.close(dfd)  # also releases the lock
@@ -199,41 +198,26 @@ def new_file_owner(path: str, parent: os.stat_result) -> tuple[int, int, int]:
     return (0o600 if user is not None and user.uid == 0 else 0o644), 0, parent.st_gid
 
 
-def _write(path: str, directory: str, dfd: int, data: bytes, st: os.stat_result | None) -> None:
-    base = os.path.basename(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if st is not None:
-                mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-            else:
-                mode, uid, gid = new_file_owner(path, os.fstat(dfd))
-            os.fchmod(fh.fileno(), mode)
-            if (uid, gid) != (os.geteuid(), os.getegid()):
-                try:
-                    os.fchown(fh.fileno(), uid, gid)
-                except PermissionError:
-                    if st is not None and uid != os.geteuid():
-                        raise Refused(f"cannot keep {path} owned by {check.owner_name(uid)}: run as root") from None
-            os.fsync(fh.fileno())
-        if st is not None:
-            _backup(path, st)
-        os.replace(tmp, path)
-        os.fsync(dfd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def _write(path: str, dfd: int, data: bytes, st: os.stat_result | None) -> None:
+    """Replace authorized_keys (statedir.replace_file, durable), keeping mode and owner, after its backup."""
+    if st is not None:
+        mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+    else:
+        mode, uid, gid = new_file_owner(path, os.fstat(dfd))
+    owner: tuple[int, int] | None = (uid, gid)
+    if os.geteuid() != 0:  # only root may give a file away; anyone else writes their own
+        if st is not None and uid != os.geteuid():
+            raise Refused(f"cannot keep {path} owned by {check.owner_name(uid)}: run as root")
+        owner = None
+    if st is not None:
+        _backup(path, st)
+    statedir.replace_file(dfd, os.path.basename(path), data, mode, owner=owner, durable=True)
 
 
 def _backup(path: str, st: os.stat_result) -> None:
     """path.bak becomes the current version: a hard link keeps its mode and owner exactly."""
     bak = f"{path}.bak"
-    tmp = f"{bak}.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
+    tmp = os.path.join(os.path.dirname(path), statedir.temp_name(os.path.basename(bak)))  # ~/.ssh is the user's
     try:
         os.link(path, tmp, follow_symlinks=False)
     except OSError:

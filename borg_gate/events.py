@@ -255,6 +255,11 @@ class EventLog:
     def emit(self, event: str, **fields: Any) -> None:
         """Send one event to every sink; never raises, never blocks for long, never writes stdout."""
         errors: dict[str, str] = {}
+        if statedir.failed_writes:  # logged and counted once, by the first event after the failure
+            failed = list(statedir.failed_writes)
+            del statedir.failed_writes[:]
+            fields = {**fields, "write_failed": failed}
+            errors["cache"] = failed[0]
         try:
             record = self.record(event, fields)
             line = bounded(record)

@@ -19,7 +19,7 @@ import stat
 import sys
 import time
 
-from borg_gate import jsontext
+from borg_gate import jsontext, statedir
 
 TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
 if TYPE_CHECKING:
@@ -87,14 +87,8 @@ def clean(reason: str) -> str:
 def place(dir_fd: int, client: str | None, reason: str) -> dict[str, Any]:
     """Write the hold atomically (a temp name, then rename over whatever a member put there)."""
     hold = {"scope": "host" if client is None else f"client:{client}", "reason": clean(reason), "since": time.time()}
-    temp = f".{file_name(client)}.{os.urandom(8).hex()}"  # unguessable: a member cannot squat it
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
-    try:
-        os.write(fd, (jsontext.dumps(hold) + "\n").encode())
-        os.fchmod(fd, 0o644)  # the state dir's umask or setgid bit must not make it group-writable
-    finally:
-        os.close(fd)
-    os.rename(temp, file_name(client), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    # 0644 whatever the state dir's umask or setgid bit: a member must not rewrite root's hold
+    statedir.replace_file(dir_fd, file_name(client), (jsontext.dumps(hold) + "\n").encode(), 0o644)
     return hold
 
 

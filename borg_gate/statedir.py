@@ -166,20 +166,80 @@ def read_own(dir_fd: int, name: str, max_bytes: int) -> bytes | None:
     return raw if len(raw) <= max_bytes else None
 
 
-def write_own(dir_fd: int, name: str, data: bytes, *, mode: int = OWN_MODE) -> None:
-    """Replace this user's own file atomically (O_EXCL temp file, rename); best effort, never raises."""
-    tmp = f"{name}.{os.getpid()}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
+def temp_name(name: str) -> str:
+    """An unguessable temp name beside ``name``: ``.NAME.<16 hex>.tmp`` (64 random bits).
+
+    Every file the gate or root replaces lives in a dir another user can write (the state
+    dir is shared by the group, a user's ~/.ssh is the user's). A name built from the pid
+    could be planted in advance (pid_max is 32,768) and an O_EXCL create on it then fails
+    for good; a random one cannot be predicted. The leading dot and the ``.tmp`` suffix keep
+    it out of globs such as node_exporter's ``*.prom`` and the gate's own ``counters-*.json``.
+    """
+    return f".{name}.{os.urandom(8).hex()}.tmp"
+
+
+def replace_file(
+    dir_fd: int,
+    name: str,
+    data: bytes,
+    mode: int,
+    *,
+    owner: tuple[int, int] | None = None,
+    durable: bool = False,
+) -> None:
+    """Replace ``name`` in ``dir_fd`` by a new file holding ``data``, atomically; raises OSError.
+
+    The one way this program replaces a file: a temp file made with O_CREAT|O_EXCL|O_NOFOLLOW
+    under temp_name() (so neither a planted name nor a symlink can redirect or block it),
+    its mode set with fchmod (the umask and a setgid dir must not widen it), its owner set
+    when asked, then renamed over ``name``: a reader sees the old file or the new, never
+    half of one. ``durable`` adds fsync of the file and the dir, for files a crash must not
+    lose (authorized_keys); caches and counters skip it (a rename over a file already costs
+    ext4 a data flush, ~0.5 ms, see counters). On any error the temp file is removed.
+    """
+    for _ in range(3):  # EEXIST on 64 random bits: only a broken RNG; give up after three
+        tmp = temp_name(name)
         try:
-            os.fchmod(fd, mode)  # the gate's umask 007 would leave it group-writable, and so ignored
-            os.write(fd, data)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+        break
+    else:
+        raise FileExistsError(errno.EEXIST, "no free temp name", name)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                os.fchown(fd, *owner)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except OSError:
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        if durable:
+            os.fsync(dir_fd)
+    except BaseException:
         try:
             os.unlink(tmp, dir_fd=dir_fd)
         except OSError:
             pass
+        raise
+
+
+# Writes of this process's caches that failed, for the next event to log and count once
+# (events.EventLog.emit drains it): a cache that cannot be written costs every later
+# connection a probe (90-170 ms for borg --version), which must never go unnoticed.
+failed_writes: list[str] = []
+
+
+def write_own(dir_fd: int, name: str, data: bytes, *, mode: int = OWN_MODE) -> bool:
+    """Replace this user's own file (replace_file); never raises: a failure is noted in failed_writes."""
+    try:
+        replace_file(dir_fd, name, data, mode)
+    except OSError as exc:
+        failed_writes.append(f"{name}: {exc.strerror or exc}")
+        return False
+    return True
