@@ -821,6 +821,21 @@ def check_user(report: Report, user: User, path: str) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def check_counters(report: Report, cfg: Config, keys_files: Sequence[str]) -> None:
+    """Members' counters files holding what the gate never writes: named with their unix user."""
+    from borg_gate import counterfiles, status
+
+    totals = counterfiles.load(cfg.state_dir, keys_files)
+    for name, user, reasons in totals.rejected_files:
+        entry = {"file": name, "user": user, "rejected": reasons}
+        report.add(
+            WARNING,
+            "counters-rejected",
+            f"{status.rejected_line(entry)}: written by hand or by someone else than the gate; metrics leave it out",
+            os.path.join(cfg.state_dir, name),
+        )
+
+
 def run_check(
     config_path: str | None, keys_files: Sequence[str], sshd_config: str | None, *, sshd: bool = True
 ) -> Report:
@@ -856,6 +871,7 @@ def run_check(
         check_limits(report, loaded)
         check_state_dir(report, loaded, runners)
         check_log_file(report, loaded, runners)
+        check_counters(report, loaded, keys_files)
     if sshd:
         settings = read_sshd(sshd_config)
         if isinstance(settings, str):

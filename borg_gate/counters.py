@@ -18,7 +18,8 @@ Beside the counters each file keeps, per client, its latest session (``last``): 
 started and, in supervise mode, when it ended, with what exit code and how many bytes it
 read (what the client uploaded) and wrote, and when a session last ended with exit 0.
 ``borg-gate repos`` and ``metrics`` read them; nothing else keeps timestamps, since the
-event log may be off or rotated away. Readers take the newest entry over all users' files.
+event log may be off or rotated away. root's readers check and attribute every entry and
+series before they use it (borg_gate.counterfiles): never the newest over all users' files.
 
 fcntl.flock rather than the filelock package: filelock's import alone costs ~30-40 ms per
 connection, more than the gate's whole budget.
@@ -38,10 +39,8 @@ at most LOCK_WAIT seconds. The writer reads at most MAX_BYTES and takes anything
 parse (garbled, too deep for json, not an object) as a reason to start over, counting that
 as a sink failure.
 
-Readers (status, metrics; usually root) take a file only when it is regular, has one link,
-is writable by its owner alone, and that owner is root or the uid in its name; a lock they
-cannot get within a few milliseconds (a member holding her own file's lock) makes that file
-unreadable for this run, never a wait.
+Readers (status, metrics, repos; usually root) are borg_gate.counterfiles: what a file
+holds is parsed and checked there, never copied through.
 """
 
 from __future__ import annotations
@@ -73,8 +72,6 @@ MAX_BYTES: Final = 1 << 20  # ~10,000 series; a bigger file is not one the gate 
 LOCK_WAIT: Final = 10.0
 READ_TRIES: Final = 20  # readers: non-blocking tries READ_PAUSE apart, then the file is skipped
 READ_PAUSE: Final = 0.002
-_LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
-SERIES: Final = rf"[a-zA-Z_:][a-zA-Z0-9_:]*(\{{{_LABEL}(,{_LABEL})*\}})?"  # what readers accept
 
 REFUSALS: Final = "borg_gate_refusals_total"
 STARTED: Final = "borg_gate_sessions_started_total"
@@ -86,6 +83,7 @@ READ: Final = "borg_gate_session_read_bytes_total"
 WRITTEN: Final = "borg_gate_session_written_bytes_total"
 CONFIG_ERRORS: Final = "borg_gate_config_errors_total"
 SINK_FAILURES: Final = "borg_gate_sink_failures_total"
+SINKS: Final = ("file", "syslog", "render", "counters", "cache")  # the sink label's values
 
 HELP: Final = {
     STARTED: "Sessions that took their slots and started borg serve.",
@@ -119,21 +117,6 @@ def series(metric: str, /, **labels: object) -> str:
 
 def family(key: str) -> str:
     return key.split("{", 1)[0]
-
-
-def by_label(values: Mapping[str, float], name: str, label: str) -> dict[str, float]:
-    """The series of family ``name`` summed per value of ``label`` (for status' tables)."""
-    import re  # status and metrics only: a connection's event never reads labels
-
-    pattern = re.compile(rf'[{{,]{label}="((?:[^"\\]|\\.)*)"')
-    out: dict[str, float] = {}
-    for key, value in values.items():
-        if family(key) == name:
-            m = pattern.search(key)
-            raw = m.group(1) if m else ""
-            text = re.sub(r"\\(.)", lambda e: "\n" if e[1] == "n" else e[1], raw)
-            out[text] = out.get(text, 0.0) + value
-    return out
 
 
 LAST_FIELDS: Final = ("start", "end", "exit_code", "bytes_read", "bytes_written", "success")
@@ -203,29 +186,7 @@ def _last(data: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
-def merge_last(into: dict[str, dict[str, float]], other: Mapping[str, Mapping[str, float]]) -> None:
-    """Keep each client's newest start, newest end (with its exit code and bytes) and newest success."""
-    for client, entry in other.items():
-        mine = into.setdefault(client, {})
-        if entry.get("start", 0.0) > mine.get("start", 0.0):
-            mine["start"] = entry["start"]
-        if entry.get("end", 0.0) > mine.get("end", 0.0):
-            mine.update({k: entry[k] for k in ("end", "exit_code", "bytes_read", "bytes_written") if k in entry})
-        if entry.get("success", 0.0) > mine.get("success", 0.0):
-            mine["success"] = entry["success"]
-
-
-class Totals:
-    """Counters summed over every user's file, and each file's latest sink error (filled in by load)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, float] = {}
-        self.last: dict[str, dict[str, float]] = {}  # client -> its latest session
-        self.last_errors: list[dict[str, Any]] = []
-        self.unreadable: list[str] = []
-
-
-def _parse(raw: bytes) -> dict[str, Any] | None:
+def parse(raw: bytes) -> dict[str, Any] | None:
     """The file's object: {} for an empty (new) file, None for anything else that is not one."""
     if not raw.strip():
         return {}
@@ -236,21 +197,15 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _values(data: Mapping[str, Any], *, checked: bool) -> dict[str, float]:
+def _values(data: Mapping[str, Any]) -> dict[str, float]:
+    """The writer keeps whatever is there (its own file); root's readers check every series (counterfiles)."""
     values = data.get("values")
     if not isinstance(values, dict):
         return {}
-    if not checked:  # the writer keeps whatever is there; readers filter
-        return {k: _number(v) for k, v in values.items()}
-    # a hand-edited or foreign file must not smuggle lines into the metrics output
-    # (nor a control character into a terminal)
-    import re  # readers only (status, metrics): a connection's event writes, unchecked
-
-    series = re.compile(SERIES)
-    return {k: _number(v) for k, v in values.items() if isinstance(k, str) and k.isprintable() and series.fullmatch(k)}
+    return {k: _number(v) for k, v in values.items()}
 
 
-def _read(fd: int) -> bytes | None:
+def read_bounded(fd: int) -> bytes | None:
     """The whole file, or None when it is bigger than MAX_BYTES (a sparse or planted giant is never read)."""
     if os.fstat(fd).st_size > MAX_BYTES:
         return None
@@ -294,28 +249,6 @@ def _lock(fd: int, operation: int) -> bool:
     return got.wait(LOCK_WAIT)
 
 
-def _try_lock(fd: int, operation: int) -> bool:
-    """A reader's lock: a few non-blocking tries, never a wait on someone else's file."""
-    for attempt in range(READ_TRIES):
-        try:
-            fcntl.flock(fd, operation | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if attempt + 1 < READ_TRIES:
-                time.sleep(READ_PAUSE)
-    return False
-
-
-def _trusted(st: os.stat_result, owners: tuple[int, ...]) -> bool:
-    """A counters file as the gate writes it: regular, one link, writable by its owner alone."""
-    return (
-        stat.S_ISREG(st.st_mode)
-        and st.st_nlink == 1
-        and st.st_uid in owners
-        and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    )
-
-
 def _same_file(fd: int, name: str, dir_fd: int) -> bool:
     """The name still leads to fd's file (a gate of this user may have replaced it meanwhile)."""
     try:
@@ -333,23 +266,9 @@ def _replace(dir_fd: int, name: str, old: int) -> str | None:
     the name could not be replaced. A hard link's bytes belong to another of our files: never copied.
     """
     linked = os.fstat(old).st_nlink != 1
-    raw = None if linked else _read(old)
-    kept = raw is not None and _parse(raw) is not None
-    tmp = f"{name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | FLAGS, FILE_MODE, dir_fd=dir_fd)  # EEXIST: planted
-    try:
-        os.fchmod(fd, FILE_MODE)  # whatever the umask
-        if kept and raw:
-            os.pwrite(fd, raw, 0)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except OSError:
-        try:
-            os.unlink(tmp, dir_fd=dir_fd)
-        except OSError:
-            pass
-        raise
-    finally:
-        os.close(fd)
+    raw = None if linked else read_bounded(old)
+    kept = raw is not None and parse(raw) is not None
+    statedir.replace_file(dir_fd, name, raw if kept and raw else b"", FILE_MODE)
     if linked:
         return f"{name}: a second name of another file (a hard link), replaced"
     return None if kept else f"{name}: unreadable, started over from zero"
@@ -383,7 +302,7 @@ def _open_own(dir_fd: int, name: str) -> tuple[int, str | None] | None:
     return None
 
 
-def _open_dir(state_dir: str) -> int | None:
+def open_state_dir(state_dir: str) -> int | None:
     """The state dir, checked as the slots check it; None if missing or unsafe (counting is best effort)."""
     try:
         return statedir.open_dir(state_dir, create=False)
@@ -400,7 +319,7 @@ def add(
     """Add to this user's counters and set its clients' ``last``, under its lock; False if the state dir refused."""
     if not increments and not errors and not last:
         return True
-    dir_fd = _open_dir(state_dir)
+    dir_fd = open_state_dir(state_dir)
     if dir_fd is None:
         return False
     name = f"{PREFIX}{os.geteuid()}.json"
@@ -417,14 +336,14 @@ def add(
         if note is not None:  # a member linked another of our files under this name, or a garbled file
             errors = {"counters": note, **(errors or {})}
             increments = {**increments, series(SINK_FAILURES, sink="counters"): 1}
-        raw = _read(fd)
-        data = None if raw is None else _parse(raw)
+        raw = read_bounded(fd)
+        data = None if raw is None else parse(raw)
         if raw is None or data is None:  # oversized or garbled: start over from zero, and say so
             errors = {"counters": f"{name}: unreadable, started over from zero", **(errors or {})}
             increments = {**increments, series(SINK_FAILURES, sink="counters"): 1}
             os.ftruncate(fd, 0)
             raw, data = b"", {}
-        values = _values(data, checked=False)
+        values = _values(data)
         for key, amount in increments.items():
             values[key] = values.get(key, 0.0) + amount
         out: dict[str, Any] = {"values": values}
@@ -448,47 +367,3 @@ def add(
         return False
     finally:
         os.close(fd)  # releases the flock
-
-
-def load(state_dir: str) -> Totals:
-    """Sum every user's counters (read-only: a shared lock on each file, held for one read).
-
-    A file that fails the checks (see the module's doc) is listed as unreadable, not summed.
-    """
-    totals = Totals()
-    dir_fd = _open_dir(state_dir)
-    if dir_fd is None:
-        return totals
-    try:
-        names = sorted(os.listdir(dir_fd))
-        for name in names:
-            if not (name.startswith(PREFIX) and name.endswith(".json")):
-                continue
-            try:
-                fd = os.open(name, os.O_RDONLY | FLAGS, dir_fd=dir_fd)
-            except OSError:
-                totals.unreadable.append(name)
-                continue
-            uid = name[len(PREFIX) : -len(".json")]
-            owners = (0, int(uid)) if uid.isdigit() and uid.isascii() else (0,)
-            try:
-                good = _trusted(os.fstat(fd), owners) and _try_lock(fd, fcntl.LOCK_SH)
-                raw = _read(fd) if good else None
-                data = None if raw is None else _parse(raw)
-            except OSError:
-                data = None
-            finally:
-                os.close(fd)
-            if data is None:
-                totals.unreadable.append(name)
-                continue
-            for key, value in _values(data, checked=True).items():
-                totals.values[key] = totals.values.get(key, 0.0) + value
-            merge_last(totals.last, _last(data))
-            last = data.get("last_error")
-            if isinstance(last, dict):
-                totals.last_errors.append({"file": name, **last})
-    finally:
-        os.close(dir_fd)
-    totals.last_errors.sort(key=lambda e: _number(e.get("ts")))
-    return totals

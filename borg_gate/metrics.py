@@ -15,14 +15,12 @@ confinements too.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from borg_gate import counters, repos, slotstatus
+from borg_gate import counterfiles, counters, repos, slotstatus, statedir
 from borg_gate.errors import Kind
 from borg_gate.status import admin_parser, budgets, current_holds, guarded, load_config
 
@@ -84,18 +82,13 @@ def exposition(
 
 
 def write_atomically(path: str, data: str) -> None:
+    """Replace the .prom file (statedir.replace_file: its temp name ends in .tmp, never read as .prom)."""
     directory, base = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), 0o644)  # the collector may run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        statedir.replace_file(dir_fd, base, data.encode("utf-8"), 0o644)  # 0644: node_exporter runs as its own user
+    finally:
+        os.close(dir_fd)
 
 
 def main(argv: list[str]) -> int:
@@ -108,10 +101,13 @@ def main(argv: list[str]) -> int:
     def work() -> None:
         cfg = load_config(args.config)
         usage = slotstatus.snapshot(cfg.state_dir, cfg.max_sessions, cfg.max_sessions_per_client, cfg.reserved_sessions)
-        extra: list[str] = []
+        # Rebuilt from checked series, never copied (counterfiles): whatever a member's file holds,
+        # this text parses, so node_exporter never drops the whole file.
+        totals = counterfiles.load(cfg.state_dir, args.authorized_keys)
+        extra = list(counterfiles.rejected_lines(totals))
         if not args.no_repos:
-            extra = list(repos.metric_lines(repos.report(cfg, args.authorized_keys)))
-        text = exposition(usage, counters.load(cfg.state_dir).values, extra, current_holds(cfg.state_dir))
+            extra += repos.metric_lines(repos.report(cfg, args.authorized_keys, totals))
+        text = exposition(usage, totals.values, extra, current_holds(cfg.state_dir))
         if args.output:
             write_atomically(args.output, text)
         else:

@@ -14,13 +14,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psutil
 
-from borg_gate import config, counters, slotstatus
+from borg_gate import config, counterfiles, counters, slotstatus
 from borg_gate.errors import Refusal
 from borg_gate.events import iso
 from borg_gate.printable import printable
@@ -66,6 +66,8 @@ class Report:
     sink_failures: dict[str, float]
     last_sink_errors: list[dict[str, Any]]
     holds: list[dict[str, Any]]  # scope, reason, since: root's maintenance holds
+    # counters files with series or entries the gate never writes: file, unix user, count per reason
+    rejected: list[dict[str, Any]] = field(default_factory=list)
 
 
 def load_config(path: str | None) -> config.Config:
@@ -167,8 +169,8 @@ def report(cfg: config.Config) -> Report:
                 # one session holds a client slot and a host slot
                 seen.setdefault((h.pid, h.conn, h.slot if h.conn is None else ""), h)
     sessions = sorted((measure(h, now) for h in seen.values()), key=lambda s: (s.client or "", s.started or ""))
-    totals = counters.load(cfg.state_dir)
-    failures = {"file": 0.0, "syslog": 0.0, **counters.by_label(totals.values, counters.SINK_FAILURES, "sink")}
+    totals = counterfiles.load(cfg.state_dir)
+    failures = {"file": 0.0, "syslog": 0.0, **counterfiles.by_label(totals.values, counters.SINK_FAILURES, "sink")}
     return Report(
         cfg.state_dir,
         cfg.source,
@@ -177,6 +179,7 @@ def report(cfg: config.Config) -> Report:
         failures,
         totals.last_errors[-3:],
         current_holds(cfg.state_dir),
+        [{"file": name, "user": user, "rejected": reasons} for name, user, reasons in totals.rejected_files],
     )
 
 
@@ -271,7 +274,16 @@ def text(r: Report) -> str:
     failures = ", ".join(f"{sink} {value:.0f}" for sink, value in sorted(r.sink_failures.items()))
     lines += ["", printable(f"log sink failures: {failures}")]
     lines += [printable(f"  last: {_when(e.get('ts'))} {e.get('sink')}: {e.get('error')}") for e in r.last_sink_errors]
+    if r.rejected:
+        lines += ["", "counters files holding what the gate never writes (left out of metrics):"]
+        lines += [printable(f"  {rejected_line(e)}") for e in r.rejected]
     return "\n".join(lines) + "\n"
+
+
+def rejected_line(e: Mapping[str, Any]) -> str:
+    """One counters file's dropped series, for status and check: file, unix user, count per reason."""
+    reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(e["rejected"].items()))
+    return f"{e['file']} (unix user {e['user']}): dropped {reasons}"
 
 
 def admin_parser(command: str, doc: str) -> argparse.ArgumentParser:

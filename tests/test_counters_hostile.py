@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate import connection, counters, events
+from borg_gate import connection, counterfiles, counters, events
 from borg_gate.counters import series
 from borg_gate.events import EventLog
 from tests.hostile_users import MEMBER, VICTIM, popen_as, run_as, shared_dir, uid
@@ -54,7 +54,7 @@ def test_deeply_nested_counters_file_gives_no_traceback(tmp_path: Path, planter:
     err = outcome.stderr.decode("utf-8", "replace")
     assert "Traceback" not in err, err[-400:]
     assert outcome.record is not None, (outcome.returncode, err)  # served as without the file
-    values = counters.load(str(host.state_dir)).values
+    values = counterfiles.load(str(host.state_dir)).values
     if planter == "another member":  # not ours: left alone, nothing counted into it
         assert planted.read_text() == DEEP
     else:  # ours, garbled: started over, and the restart is counted
@@ -64,11 +64,11 @@ def test_deeply_nested_counters_file_gives_no_traceback(tmp_path: Path, planter:
 def test_a_file_owned_by_another_uid_is_never_written(tmp_path: Path) -> None:
     as_root()
     planted = mine(tmp_path)
-    planted.write_text(json.dumps({"values": {"a_total": 1_000_000}}))
+    planted.write_text(json.dumps({"values": {counters.CONFIG_ERRORS: 1_000_000}}))
     planted.chmod(0o666)
     os.chown(planted, OTHER_UID, -1)
-    assert counters.add(str(tmp_path), {"a_total": 1}) is False
-    assert json.loads(planted.read_text()) == {"values": {"a_total": 1_000_000}}
+    assert counters.add(str(tmp_path), {counters.CONFIG_ERRORS: 1}) is False
+    assert json.loads(planted.read_text()) == {"values": {counters.CONFIG_ERRORS: 1_000_000}}
 
 
 def test_a_huge_sparse_file_is_not_read_and_starts_over(tmp_path: Path) -> None:
@@ -78,28 +78,28 @@ def test_a_huge_sparse_file_is_not_read_and_starts_over(tmp_path: Path) -> None:
     other = tmp_path / "counters-4242.json"
     with other.open("wb") as fh:
         fh.truncate(256 << 20)
-    assert counters.add(str(tmp_path), {"a_total": 1})
+    assert counters.add(str(tmp_path), {counters.CONFIG_ERRORS: 1})
     assert mine(tmp_path).stat().st_size == counters.BLOCK
-    totals = counters.load(str(tmp_path))
-    assert totals.values == {"a_total": 1, RESTARTED: 1}
+    totals = counterfiles.load(str(tmp_path))
+    assert totals.values == {counters.CONFIG_ERRORS: 1, RESTARTED: 1}
     assert totals.unreadable == [other.name]
     assert totals.last_errors[-1]["sink"] == "counters"
 
 
 def test_just_over_the_cap_is_refused_and_at_the_cap_is_read(tmp_path: Path) -> None:
-    body = json.dumps({"values": {"a_total": 2}}).encode()
+    body = json.dumps({"values": {counters.CONFIG_ERRORS: 2}}).encode()
     at_cap = tmp_path / "counters-4242.json"
     at_cap.write_bytes(body.ljust(counters.MAX_BYTES))
     over = tmp_path / "counters-4243.json"
     over.write_bytes(body.ljust(counters.MAX_BYTES + 1))
-    totals = counters.load(str(tmp_path))
-    assert totals.values == {"a_total": 2} and totals.unreadable == [over.name]
+    totals = counterfiles.load(str(tmp_path))
+    assert totals.values == {counters.CONFIG_ERRORS: 2} and totals.unreadable == [over.name]
 
 
 def test_a_fifo_in_place_of_the_counters_file(tmp_path: Path) -> None:
     os.mkfifo(mine(tmp_path))
-    assert counters.add(str(tmp_path), {"a_total": 1}) is False
-    assert counters.load(str(tmp_path)).unreadable == [mine(tmp_path).name]
+    assert counters.add(str(tmp_path), {counters.CONFIG_ERRORS: 1}) is False
+    assert counterfiles.load(str(tmp_path)).unreadable == [mine(tmp_path).name]
 
 
 HOLDER = """
@@ -113,12 +113,12 @@ sys.stdin.read()
 ADDER = """
 import sys
 from borg_gate import counters
-print(counters.add(sys.argv[1], {"a_total": 1}))
+print(counters.add(sys.argv[1], {counters.CONFIG_ERRORS: 1}))
 """
 
 
 def test_a_lock_held_forever_costs_the_count_not_the_connection(tmp_path: Path) -> None:
-    assert counters.add(str(tmp_path), {"a_total": 1})
+    assert counters.add(str(tmp_path), {counters.CONFIG_ERRORS: 1})
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(mine(tmp_path))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -129,22 +129,24 @@ def test_a_lock_held_forever_costs_the_count_not_the_connection(tmp_path: Path) 
             [sys.executable, "-c", ADDER, str(tmp_path)], capture_output=True, text=True, timeout=60, check=True
         )
         assert adder.stdout == "False\n"
-        assert counters.load(str(tmp_path)).values == {"a_total": 1}  # a shared lock does not stop readers
+        assert counterfiles.load(str(tmp_path)).values == {
+            counters.CONFIG_ERRORS: 1
+        }  # a shared lock does not stop readers
     finally:
         holder.communicate("")
-    assert counters.add(str(tmp_path), {"a_total": 1})
-    assert counters.load(str(tmp_path)).values == {"a_total": 2}
+    assert counters.add(str(tmp_path), {counters.CONFIG_ERRORS: 1})
+    assert counterfiles.load(str(tmp_path)).values == {counters.CONFIG_ERRORS: 2}
 
 
 LOADER = """
 import sys
-from borg_gate import counters
-print(counters.load(sys.argv[1]).unreadable)
+from borg_gate import counterfiles
+print(counterfiles.load(sys.argv[1]).unreadable)
 """
 
 
 def test_an_exclusive_lock_held_forever_makes_the_file_unreadable_not_a_hang(tmp_path: Path) -> None:
-    assert counters.add(str(tmp_path), {"a_total": 1})
+    assert counters.add(str(tmp_path), {counters.CONFIG_ERRORS: 1})
     fd = os.open(mine(tmp_path), os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -217,8 +219,11 @@ def test_a_victims_file_linked_under_her_counters_name_costs_no_wait(hostile_roo
         assert session.read_bytes() == b"" and session.stat().st_nlink == 1  # her session file untouched
         st = counters_name.stat()
         assert (st.st_uid, st.st_nlink, stat.S_IMODE(st.st_mode)) == (uid(VICTIM), 1, 0o600)
-        totals = counters.load(str(state))
-        assert totals.values == {"a_total": 1, RESTARTED: 1}  # the planted name costs the history, and says so
+        totals = counterfiles.load(str(state))
+        assert totals.values == {
+            counters.CONFIG_ERRORS: 1,
+            RESTARTED: 1,
+        }  # the planted name costs the history, and says so
         assert "hard link" in totals.last_errors[-1]["error"]
         # 0600: the member can neither open the new file (to hold its lock) nor, under
         # fs.protected_hardlinks, link it anywhere
@@ -226,18 +231,18 @@ def test_a_victims_file_linked_under_her_counters_name_costs_no_wait(hostile_roo
         if Path("/proc/sys/fs/protected_hardlinks").read_text().strip() == "1":
             assert run_as(MEMBER, LINK, str(counters_name), str(state / "x")).stdout == f"{errno.EPERM}\n"
         assert run_as(VICTIM, ADDER, str(state)).stdout == "True\n"
-        assert counters.load(str(state)).values["a_total"] == 2
+        assert counterfiles.load(str(state)).values[counters.CONFIG_ERRORS] == 2
     finally:
         holder.communicate("")
 
 
 COUNTED_LOAD = """
 import json, sys, time
-from borg_gate import counters
+from borg_gate import counterfiles
 pauses = []
 real = time.sleep
 time.sleep = lambda s: (pauses.append(s), real(s))[1]
-print(json.dumps([counters.load(sys.argv[1]).unreadable, pauses]))
+print(json.dumps([counterfiles.load(sys.argv[1]).unreadable, pauses]))
 """
 
 

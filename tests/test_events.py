@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from borg_gate import connection, counters, events
+from borg_gate import connection, counterfiles, counters, events
 from borg_gate.events import EventLog
 from tests.observability_support import events as logged
 from tests.observability_support import log_lines
@@ -86,7 +86,7 @@ def test_unrenderable_field_costs_the_event_not_the_gate(tmp_path: Path) -> None
     assert log.failures == 1
     first = json.loads((tmp_path / "log").read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
     assert first["waited"] is None and list(first["bad"]) == ["1.5"]
-    totals = counters.load(str(tmp_path)).values
+    totals = counterfiles.load(str(tmp_path)).values
     assert totals[counters.series(counters.SINK_FAILURES, sink="render")] == 1
 
 
@@ -132,7 +132,7 @@ def test_refused_connection_event(tmp_path: Path) -> None:
     assert refused["command"] == "rm -rf /" and refused["client"] == "alice"
     assert refused["pid"] == out.pid and refused["user"]
     assert refused["remote_ip"] == "127.0.0.1" and refused["remote_port"] == 40000
-    assert counters.load(str(host.state_dir)).values[counters.series(counters.REFUSALS, reason="bad-command")] == 1
+    assert counterfiles.load(str(host.state_dir)).values[counters.series(counters.REFUSALS, reason="bad-command")] == 1
 
 
 PATCHED_GATE = """
@@ -164,7 +164,7 @@ def test_config_error_then_refusal_share_the_connection_id(tmp_path: Path) -> No
     assert error["config"] == str(host.config_path) and "max_sessions" in error["reason"]
     assert refused["kind"] == "misconfigured" and refused["exit_code"] == 212
     assert "client" not in error  # not known yet: the config comes before the client name
-    values = counters.load(str(default_state)).values
+    values = counterfiles.load(str(default_state)).values
     assert values[counters.CONFIG_ERRORS] == 1
     assert values[counters.series(counters.REFUSALS, reason="misconfigured")] == 1
 
@@ -180,7 +180,7 @@ def test_started_event_fields(tmp_path: Path) -> None:
     assert started["argv"] == out.record["argv"]
     assert isinstance(started["waited"], float) and isinstance(started["slots"], list)
     assert started["borg_version"] == "1.2.4" and started["command"] == "borg serve --info"
-    assert counters.load(str(host.state_dir)).values[counters.series(counters.STARTED, client="alice")] == 1
+    assert counterfiles.load(str(host.state_dir)).values[counters.series(counters.STARTED, client="alice")] == 1
 
 
 def test_all_events_of_a_connection_share_its_id(tmp_path: Path) -> None:
@@ -203,7 +203,7 @@ def test_failing_file_sink_never_breaks_a_backup(tmp_path: Path, log_file: str) 
     out = host.run("borg serve", ["--client", "alice"], stdin=b"request")
     assert out.returncode == 0 and out.record is not None and out.record["stdin"] == "request"
     assert out.stdout == b"RECORDER-STDOUT\n" and out.stderr == b""
-    totals = counters.load(str(host.state_dir))
+    totals = counterfiles.load(str(host.state_dir))
     assert totals.values[counters.series(counters.SINK_FAILURES, sink="file")] == 1
     (last,) = totals.last_errors
     assert last["sink"] == "file" and log_file.format(root=tmp_path) in last["error"]
@@ -272,7 +272,7 @@ def test_stalled_syslog_never_blocks(tmp_path: Path) -> None:
         server.close()
     failures = int(out.stdout)
     assert 0 < failures < 200
-    assert counters.load(str(tmp_path)).values[counters.series(counters.SINK_FAILURES, sink="syslog")] == failures
+    assert counterfiles.load(str(tmp_path)).values[counters.series(counters.SINK_FAILURES, sink="syslog")] == failures
 
 
 def test_missing_syslog_socket_is_a_counted_failure(tmp_path: Path) -> None:
@@ -280,5 +280,5 @@ def test_missing_syslog_socket_is_a_counted_failure(tmp_path: Path) -> None:
     out = run_patched(host, f"events.SYSLOG_SOCKET = {str(tmp_path / 'no-such-socket')!r}", ["--client", "alice"])
     assert out.returncode == 0 and out.record is not None and out.stderr == b""
     assert out.stdout == b"RECORDER-STDOUT\n"
-    assert counters.load(str(host.state_dir)).values[counters.series(counters.SINK_FAILURES, sink="syslog")] == 1
+    assert counterfiles.load(str(host.state_dir)).values[counters.series(counters.SINK_FAILURES, sink="syslog")] == 1
     assert len(logged(host, "session.started")) == 1  # the file sink still took it

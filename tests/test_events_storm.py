@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from borg_gate import counters, events
+from borg_gate import counterfiles, counters, events
 from tests.recorder import GATE, SSHD_ENV, Host
 
 GATES = 100
@@ -47,7 +47,7 @@ def test_hundred_concurrent_gates(tmp_path: Path) -> None:
     sent = [f"borg {junk} {i}" for i in range(1, GATES, 2)]  # each cut to its bounded start, full length kept
     assert refused == sorted((events.clip(c, events.COMMAND_CHARS, events.COMMAND_BYTES), len(c)) for c in sent)
 
-    values = counters.load(str(host.state_dir)).values
+    values = counterfiles.load(str(host.state_dir)).values
     assert sum(v for k, v in values.items() if counters.family(k) == counters.STARTED) == GATES // 2
     assert values[counters.series(counters.REFUSALS, reason="bad-command")] == GATES // 2
 
@@ -72,5 +72,5 @@ def test_large_lines_from_many_writers_never_interleave(tmp_path: Path) -> None:
     records = [json.loads(line) for line in lines]
     assert sorted((r["writer"], r["seq"]) for r in records) == [(n, s) for n in range(GATES) for s in range(50)]
     assert all(len(r["pad"]) == r["writer"] * 75 for r in records)
-    values = counters.load(str(tmp_path)).values
+    values = counterfiles.load(str(tmp_path)).values
     assert values[counters.series(counters.QUEUED, budget="host")] == GATES * 50  # no increment lost

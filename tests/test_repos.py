@@ -17,7 +17,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from borg_gate import config, counters, repos
+from borg_gate import config, counterfiles, counters, repos
 from tests import repo_layouts
 
 OLD = 1_600_000_000.0  # 2020-09-13: "a repository nobody touched"
@@ -276,32 +276,43 @@ def test_a_cache_not_only_ours_is_ignored(tmp_path: Path) -> None:
 def test_latest_sessions_from_the_counters(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
+    t = time.time() - 1000
 
     def event(name: str, now: float, **fields: Any) -> None:
         record = {"event": name, "client": "alice", **fields}
         counters.add(str(state), counters.from_event(record, {}), {}, counters.latest(record, now))
 
-    event("session.started", 100.0)
-    event("session.ended", 160.0, exit_code=0, bytes_read=5000, bytes_written=70)
-    event("session.started", 200.0)
-    event("session.ended", 230.0, exit_code=2, bytes_read=10, bytes_written=7)
-    totals = counters.load(str(state))
+    event("session.started", t + 100)
+    event("session.ended", t + 160, exit_code=0, bytes_read=5000, bytes_written=70)
+    event("session.started", t + 200)
+    event("session.ended", t + 230, exit_code=2, bytes_read=10, bytes_written=7)
+    totals = counterfiles.load(str(state))
     assert totals.last == {
-        "alice": {"start": 200.0, "end": 230.0, "exit_code": 2.0, "bytes_read": 10.0, "bytes_written": 7.0,
-                  "success": 160.0}
+        ("alice", None): {"start": t + 200, "end": t + 230, "exit_code": 2.0, "bytes_read": 10.0, "bytes_written": 7.0,
+                          "success": t + 160}
     }  # fmt: skip
     (c,) = repos.client_sessions(totals, {"alice"})
-    assert (c.last_start, c.last_end, c.last_exit_code, c.last_bytes_up, c.last_success) == (200, 230, 2, 10, 160)
+    assert (c.last_start, c.last_end, c.last_exit_code, c.last_bytes_up, c.last_success, c.user) == (
+        t + 200, t + 230, 2, 10, t + 160, None
+    )  # fmt: skip
 
 
-def test_latest_sessions_merge_over_users_and_ignore_planted_values() -> None:
-    into: dict[str, dict[str, float]] = {}
-    counters.merge_last(into, {"a": {"start": 5.0, "end": 6.0, "exit_code": 0.0, "success": 6.0}})
-    counters.merge_last(into, {"a": {"start": 9.0}, "b": {"start": 1.0}})
-    assert into == {"a": {"start": 9.0, "end": 6.0, "exit_code": 0.0, "success": 6.0}, "b": {"start": 1.0}}
-    assert counters._last({"last": {"a": {"start": "x", "end": True, "evil": 1, "success": 3}, "b": []}}) == {
-        "a": {"success": 3.0}
-    }
+def test_latest_sessions_are_never_merged_and_planted_values_are_dropped() -> None:
+    now = time.time()
+    a = counterfiles.check_file("counters-1001.json", 1001, {"last": {"c": {"start": now - 9, "success": now}}}, now)
+    b = counterfiles.check_file("counters-1002.json", 1002, {"last": {"c": {"start": now - 1}}}, now)
+    bad = counterfiles.check_file(
+        "counters-1003.json", 1003, {"last": {"c": {"start": "x"}, "d": {"evil": 1}, "e": {"start": 5.0}}}, now
+    )
+    assert bad.last == {} and bad.rejected == {"value": 1, "label": 1, "time": 1}
+    both = {1001: frozenset({"c"}), 1002: frozenset({"c"})}
+    totals = counterfiles.combine([a, b], both)  # two servers of c disagree: both shown, the newer not picked
+    assert totals.disputed == {"c": sorted([a.user, b.user])} and ("c", None) not in totals.last
+    assert totals.last[("c", a.user)] == {"start": now - 9, "success": now}
+    totals = counterfiles.combine([a, b], {1001: frozenset({"c"})})  # 1002's service of c unknown: her own row
+    assert totals.last == {("c", None): a.last["c"], ("c", b.user): b.last["c"]} and not totals.disputed
+    totals = counterfiles.combine([a, b], {1001: frozenset({"c"}), 1002: frozenset({"other"})})  # known not to
+    assert totals.last == {("c", None): a.last["c"]} and totals.rejected["client"] == 1
 
 
 def test_metrics_exposition_parses_one_series_per_repository(tmp_path: Path) -> None:

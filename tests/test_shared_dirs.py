@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate import check, counters
+from borg_gate import check, counterfiles, counters
 from borg_gate.counters import series
 from borg_gate.errors import Kind
 from tests.eventlog import read_events
@@ -62,7 +62,7 @@ def test_a_world_writable_log_dir_is_refused_and_not_written(tmp_path: Path, mod
     assert out.returncode == Kind.MISCONFIGURED and out.record is None
     assert out.stderr_line().startswith(f"log dir {logs}: world-writable")
     assert not (logs / "gate.jsonl").exists()  # refused without touching a dir anyone can plant in
-    values = counters.load(str(host.state_dir)).values
+    values = counterfiles.load(str(host.state_dir)).values
     assert values[series(counters.REFUSALS, reason="misconfigured")] == 1  # still counted
     (finding,) = [f for f in check_findings(host) if f.code == "log-dir"]
     assert finding.severity == check.ERROR and "world-writable" in finding.message
@@ -108,7 +108,7 @@ def test_a_log_file_planted_by_a_member_is_never_appended_to(hostile_root: Path,
     emitted = run_as(VICTIM, EMIT, str(log), str(state))
     assert emitted.stdout == "1\n", emitted.stderr  # one failed sink: the file; no traceback
     assert log.read_bytes() == b"" and own.read_bytes() == b""
-    totals = counters.load(str(state))
+    totals = counterfiles.load(str(state))
     assert totals.values[FILE_FAILURES] == 1
     why = "owned by uid" if plant == "create" else "2 links, not 1"
     assert why in totals.last_errors[-1]["error"]

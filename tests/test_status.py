@@ -10,7 +10,7 @@ from typing import Any
 
 import psutil
 
-from borg_gate import counters
+from borg_gate import counterfiles, counters
 from tests.observability_support import admin, busy_host, end_session, events, wait_ready, waiting
 from tests.recorder import Host
 
@@ -107,7 +107,7 @@ def test_broken_config_or_state_dir(tmp_path: Path) -> None:
 
 def test_queued_counted(tmp_path: Path) -> None:
     with busy_host(tmp_path) as (host, _gates):
-        values = counters.load(str(host.state_dir)).values
+        values = counterfiles.load(str(host.state_dir)).values
         assert values[counters.series(counters.QUEUED, budget="host")] == 1
         assert values[counters.series(counters.QUEUED, budget="client")] == 1
         queued = {e["client"]: e for e in events(host, "session.queued")}

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from borg_gate import counters, slotstatus, supervise
+from borg_gate import counterfiles, counters, slotstatus, supervise
 from tests.observability_support import events, hold_host, read_line, start_gate, stop, wait_for, wait_ready
 from tests.recorder import Host
 from tests.slots_support import held_locks
@@ -56,7 +56,7 @@ def test_session_end_accounted_and_exit_code_passed_on(tmp_path: Path, how: list
     assert len(payload) <= e["bytes_read"] < len(payload) + (8 << 20)
     assert len(out) <= e["bytes_written"] < len(out) + (1 << 20)
     assert {"disk_read", "disk_written"} <= e.keys()
-    values = counters.load(str(host.state_dir)).values
+    values = counterfiles.load(str(host.state_dir)).values
     assert values[counters.series(counters.ENDED, client="alice")] == 1
     assert values[counters.series(counters.READ, client="alice")] == e["bytes_read"]
     assert values[counters.series(counters.WRITTEN, client="alice")] == e["bytes_written"]

@@ -295,6 +295,11 @@ class Site(GateHost):
         (self.root / "borg-base").mkdir(mode=0o700)
         self.write_config()
 
+    def key_files(self) -> list[str]:
+        """``--authorized-keys`` and every file this site's sshd reads: root's monitoring learns from them
+        which unix user serves which client (the system sshd's ``sshd -T`` knows nothing of this one's)."""
+        return ["--authorized-keys", *sorted(str(p) for p in self.sshd.keys_dir.iterdir())]
+
     def repo_dir(self, client: str, owner: str) -> Path:
         """The per-client repos root ``repos/<client>``, owned by the unix user serving it."""
         d = self.repos / client

@@ -106,7 +106,7 @@ def test_status_and_metrics_during_a_real_borg_session(site: Site, tmp_path: Pat
         assert samples[("borg_gate_sessions_in_use", (("budget", "client"), ("client", "alice")))] == 1
         # each user's counters are its own (0600: a file others can open is one they can hold locked)
         assert ("borg_gate_sessions_started_total", (("client", "alice"),)) not in samples
-        out = admin(site, "metrics")  # root, as node_exporter's textfile timer runs it
+        out = admin(site, "metrics", *site.key_files())  # root, as node_exporter's textfile timer runs it
         assert out.returncode == 0, out.stderr
         samples = samples_of(out.stdout)
         assert samples[("borg_gate_sessions_started_total", (("client", "alice"),))] == 2  # init, with-lock
