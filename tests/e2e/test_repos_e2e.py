@@ -12,13 +12,11 @@ import os
 import shlex
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests import repo_layouts
 from tests.e2e import harness
@@ -26,10 +24,10 @@ from tests.e2e.harness import Site
 
 # the installed gate's admin command (as root or a user) and a real client session that stays open
 from tests.e2e.test_observability_e2e import admin, alice_repo, holding_client, serve_processes
-from tests.observability_support import wait_for
+from tests.node_exporter import scrape
+from tests.node_exporter import serving as node_exporter_serving
 
 BUILD = harness.REPO_ROOT / "tests" / "borgs" / "build"
-NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 OLD = 1_600_000_000.0
 
 
@@ -48,8 +46,8 @@ def borg22() -> str:
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKOeLIIMLFtASLbfjaMBmgacNZdzYVxdPmQ9st8jHngx test@client"
 
 
-def repos_json(site: Site, user: str | None = None) -> dict[str, Any]:
-    out = admin(site, "repos", "--json", user=user)
+def repos_json(site: Site, user: str | None = None, *args: str) -> dict[str, Any]:
+    out = admin(site, "repos", "--json", *args, user=user)
     assert out.returncode == 0, out.stderr
     data: dict[str, Any] = json.loads(out.stdout)
     return data
@@ -60,44 +58,8 @@ def node_exporter(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """Debian's node_exporter on 127.0.0.1 with only the textfile collector, reading a test dir."""
     textfile = tmp_path / "textfile"
     textfile.mkdir()
-    port = harness.free_port()
-    proc = subprocess.Popen(
-        [
-            NODE_EXPORTER,
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--collector.disable-defaults",
-            "--collector.textfile",
-            f"--collector.textfile.directory={textfile}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}/metrics"
-
-    def up() -> bool:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return True
-        except OSError:
-            return False
-
-    try:
-        wait_for(up, "node_exporter listening")
+    with node_exporter_serving(textfile, tmp_path / "node_exporter.log") as url:
         yield textfile, url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(url, timeout=30) as resp:
-        text = resp.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 class Client:
@@ -197,8 +159,8 @@ def test_real_backups_show_in_repos_metrics_and_node_exporter(
 
     # the same figures through node_exporter's textfile collector, scraped over HTTP
     textfile, url = node_exporter
-    final = repos_json(site)
-    out = admin(site, "metrics", "--output", str(textfile / "borg-gate.prom"))
+    final = repos_json(site, None, *site.key_files())  # who serves which client: the keys sshd reads
+    out = admin(site, "metrics", "--output", str(textfile / "borg-gate.prom"), *site.key_files())
     assert out.returncode == 0, out.stderr
     samples = scrape(url)
     for r in final["repos"]:
