@@ -32,12 +32,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from borg_gate import connection, counters, events  # noqa: E402
+from borg_gate.base import connection, counters, events  # noqa: E402
 
 VENV_PY = str(ROOT / ".venv" / "bin" / "python")
 SYSTEM_PY = "/usr/bin/python3"
 # The same entry for every variant; only the syslog socket path is set first (no /dev/log is needed).
-ENTRY = "import sys\nfrom borg_gate import events, gate\nevents.SYSLOG_SOCKET = sys.argv[1]\ngate.main(sys.argv[2:])\n"
+ENTRY = (
+    "import sys\nfrom borg_gate.base import events\nfrom borg_gate.conn import gate\n"
+    "events.SYSLOG_SOCKET = sys.argv[1]\ngate.main(sys.argv[2:])\n"
+)
 HEAVY = ("structlog", "psutil", "filelock")
 
 

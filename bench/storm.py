@@ -38,8 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from borg_gate import slots  # noqa: E402
-from borg_gate.policy import Budget  # noqa: E402
+from borg_gate.conn import slots  # noqa: E402
+from borg_gate.conn.policy import Budget  # noqa: E402
 from tests.slots_support import Site, hold_slot  # noqa: E402
 
 WRAPPER = ROOT / "bench" / "pgrep_wrapper"

@@ -12,13 +12,13 @@ if TYPE_CHECKING:
     from typing import Final
 
 ADMIN: Final = {
-    "status": "borg_gate.status",
-    "metrics": "borg_gate.metrics",
-    "repos": "borg_gate.repos",
-    "check": "borg_gate.check",
-    "authorize": "borg_gate.authorize",
-    "hold": "borg_gate.holds",
-    "release": "borg_gate.holds",
+    "status": "borg_gate.admin.status",
+    "metrics": "borg_gate.admin.metrics",
+    "repos": "borg_gate.admin.repos",
+    "check": "borg_gate.admin.check",
+    "authorize": "borg_gate.admin.authorize",
+    "hold": "borg_gate.admin.hold",
+    "release": "borg_gate.admin.hold",
 }
 
 
@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(ADMIN[args[0]])
         result: int = module.main(args[1:], release=True) if args[0] == "release" else module.main(args[1:])
         return result
-    from borg_gate import interrupt
+    from borg_gate.conn import interrupt
 
     interrupt.install()  # first: a Ctrl-C while the connection's modules load is a refusal too
-    from borg_gate import gate
+    from borg_gate.conn import gate
 
     gate.main(args)

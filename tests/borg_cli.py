@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from borg_gate.versions import BorgVersion
+from borg_gate.conn.versions import BorgVersion
 from tests.platform_facts import borg2_family
 
 B13, B22, B25 = (BorgVersion.parse(v) for v in ("2.0.0b13", "2.0.0b22", "2.0.0b25"))

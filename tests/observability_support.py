@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from borg_gate import slotstatus
+from borg_gate.admin import slotstatus
 from tests.eventlog import read_events
 from tests.recorder import GATE, SSHD_ENV, Host
 

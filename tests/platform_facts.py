@@ -111,7 +111,7 @@ def borg2_family(version: str) -> str:
     The names follow borg's changes: b10 renamed rcreate/rlist/rdelete to repo-*, b22 moved
     borg 2 repositories to rest://.
     """
-    from borg_gate.versions import BorgVersion
+    from borg_gate.conn.versions import BorgVersion
 
     v = BorgVersion.parse(version)
     if v < BorgVersion.parse("2.0.0a0"):

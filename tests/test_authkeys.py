@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from borg_gate import authkeys
-from borg_gate.authkeys import BadLine, KeyLine, parse_file, parse_line
+from borg_gate.admin import authkeys
+from borg_gate.admin.authkeys import BadLine, KeyLine, parse_file, parse_line
 from tests import platform_facts
 from tests.sshkeys import dsa_line
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate import authkeys, authorize, keyopts
-from borg_gate.authkeys import KeyLine
+from borg_gate.admin import authkeys, authorize
+from borg_gate.admin.authkeys import KeyLine
+from borg_gate.conn import keyopts
 from tests.sshkeys import dsa_line
 
 GATE = str(Path(sys.executable).with_name("borg-gate"))

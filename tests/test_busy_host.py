@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate.errors import Kind
+from borg_gate.base.errors import Kind
 from tests.slots_support import Hold, Site, assert_all_free, hold_slot
 
 
@@ -249,8 +249,8 @@ def test_no_repository_queue_where_the_gate_cannot_know_the_repository(tmp_path:
 
 
 def test_check_reports_reserved_sessions_that_leave_no_normal_slot(tmp_path: Path) -> None:
-    from borg_gate import check
-    from borg_gate.config import Config
+    from borg_gate.admin import check
+    from borg_gate.base.config import Config
 
     report = check.Report()
     check.check_limits(report, Config(source="cfg", max_sessions=3, reserved_sessions=3))

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate import check
-from borg_gate.check import ERROR, INFO, WARNING, Finding, Report
+from borg_gate.admin import check
+from borg_gate.admin.check import ERROR, INFO, WARNING, Finding, Report
 from tests import platform_facts
 from tests.sshkeys import dsa_line
 
@@ -354,7 +354,7 @@ def shared_dir() -> Iterator[Path]:
 
 
 def test_state_dir_and_log_file_usable_by_the_gates_users(shared_dir: Path) -> None:
-    from borg_gate.config import Config
+    from borg_gate.base.config import Config
 
     (shared_dir / "state").mkdir(mode=0o700)
     (shared_dir / "log").mkdir(mode=0o755)
@@ -459,7 +459,7 @@ def test_key_config_of_its_own(site: Site) -> None:
 
 
 def test_config_default_file_absent_means_builtin_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from borg_gate import config
+    from borg_gate.base import config
 
     monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
     monkeypatch.delenv("BORG_GATE_CONFIG", raising=False)

@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from borg_gate import command, patterns
-from borg_gate.command import ClientRequest, parse_command
-from borg_gate.errors import Kind, Refusal
+from borg_gate.base import patterns
+from borg_gate.base.errors import Kind, Refusal
+from borg_gate.conn import command
+from borg_gate.conn.command import ClientRequest, parse_command
 
 # --------------------------------------------------------------------------- accepted: real clients
 
@@ -399,7 +400,7 @@ def _imported_by(code: str) -> set[str]:
 def test_vetting_a_usual_command_imports_neither_re_nor_shlex() -> None:
     """re (with enum and functools) costs a connection ~4.5 ms of CPU; shlex pulls in re."""
     loaded = _imported_by(
-        "from borg_gate import command\n"
+        "from borg_gate.conn import command\n"
         "command.parse_command('BORG_HOSTNAME_IS_UNIQUE=no borg serve --umask=077 --info --debug-topic=a.b')\n"
         "command.parse_command('borg2 serve --rest --backend FILE:/srv/borg/alice/repo')\n"
         "command.parse_command('borg serve --storage-quota=1000000000')"
@@ -408,7 +409,7 @@ def test_vetting_a_usual_command_imports_neither_re_nor_shlex() -> None:
 
 
 def test_quoting_still_goes_through_shlex() -> None:
-    assert "shlex" in _imported_by("from borg_gate import command\ncommand.parse_command(\"borg serve '--info'\")")
+    assert "shlex" in _imported_by("from borg_gate.conn import command\ncommand.parse_command(\"borg serve '--info'\")")
 
 
 @given(st.text(max_size=12).map(lambda t: "FILE:"[: len(t) % 6] + t) | st.sampled_from(["FILE:", "FILE:\n", "file:/x"]))

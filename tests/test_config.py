@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from borg_gate import config, patterns
-from borg_gate.config import SCHEMA, BinarySpec, Config, config_path, load_config, parse_config
-from borg_gate.errors import Kind, Refusal
+from borg_gate.base import config, patterns
+from borg_gate.base.config import SCHEMA, BinarySpec, Config, config_path, load_config, parse_config
+from borg_gate.base.errors import Kind, Refusal
 
 SOURCE = "/etc/borg-gate/test.toml"
 
@@ -335,10 +335,10 @@ def test_config_that_is_a_fifo_does_not_hang_the_connection(tmp_path: Path) -> N
     """Opening a FIFO blocks until a writer comes; the client has no timeout, so it would wait forever."""
     fifo = tmp_path / "fifo.toml"
     os.mkfifo(fifo)
-    probe = f"from borg_gate.config import load_config\nload_config({str(fifo)!r}, True)"
+    probe = f"from borg_gate.base.config import load_config\nload_config({str(fifo)!r}, True)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=20, check=False)
     assert out.returncode == 1
-    assert out.stderr.splitlines()[-1] == f"borg_gate.errors.Refusal: config {fifo}: not a regular file"
+    assert out.stderr.splitlines()[-1] == f"borg_gate.base.errors.Refusal: config {fifo}: not a regular file"
 
 
 def test_checking_a_good_config_does_not_import_re() -> None:
@@ -354,7 +354,7 @@ def test_checking_a_good_config_does_not_import_re() -> None:
     root = str(Path(__file__).resolve().parent.parent)
     probe = (
         f"import sys; sys.path.insert(0, {root!r})\n"
-        "from borg_gate import config\n"
+        "from borg_gate.base import config\n"
         f"cfg = config.parse_config({text!r}, 'x', {data!r})\n"
         "assert cfg.binaries['borg-1.4'].version == '1.4.5' and cfg.umask == 0o27, cfg\n"
         "print(' '.join(sys.modules))"

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from borg_gate import configcache
-from borg_gate.config import load_config, parse_config
-from borg_gate.errors import Refusal
+from borg_gate.base import configcache
+from borg_gate.base.config import load_config, parse_config
+from borg_gate.base.errors import Refusal
 from tests import hostile_users
 from tests.hostile_users import hostile_root  # noqa: F401  # fixture
 
@@ -44,7 +44,7 @@ def test_the_second_load_uses_the_cache_and_gives_the_same_config(tmp_path: Path
 def test_a_connection_with_a_cached_config_does_not_import_tomllib(tmp_path: Path) -> None:
     path, _ = _config(tmp_path)
     code = (
-        "import sys; from borg_gate import config;"
+        "import sys; from borg_gate.base import config;"
         "config.load_config(sys.argv[1], True); print('tomllib' in sys.modules)"
     )
     runs = [
@@ -119,7 +119,7 @@ def test_a_cache_planted_by_another_member_is_not_believed(hostile_root: Path) -
     victim = hostile_users.uid(hostile_users.VICTIM)
     name = configcache.file_name(str(path)).replace(f"config-{os.geteuid()}-", f"config-{victim}-")
     plant = (
-        "import marshal, os, sys; from borg_gate import configcache as c;"
+        "import marshal, os, sys; from borg_gate.base import configcache as c;"
         "raw = open(sys.argv[1], 'rb').read();"
         "data = {'gate': {'state_dir': sys.argv[2]}, 'limits': {'max_sessions': 999}};"
         "fd = os.open(sys.argv[3], os.O_WRONLY | os.O_CREAT, 0o644); os.fchmod(fd, 0o644);"
@@ -127,7 +127,7 @@ def test_a_cache_planted_by_another_member_is_not_believed(hostile_root: Path) -
     )
     planted = hostile_users.run_as(hostile_users.MEMBER, plant, str(path), str(state), str(state / name))
     assert planted.returncode == 0, planted.stderr
-    load = "import sys; from borg_gate import config; print(config.load_config(sys.argv[1], True).max_sessions)"
+    load = "import sys; from borg_gate.base import config; print(config.load_config(sys.argv[1], True).max_sessions)"
     seen = hostile_users.run_as(hostile_users.VICTIM, load, str(path))
     assert (seen.returncode, seen.stdout) == (0, "2\n"), seen.stderr
 

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from borg_gate import confine
-from borg_gate.errors import Kind, Refusal
-from borg_gate.policy import Confinement
+from borg_gate.base.errors import Kind, Refusal
+from borg_gate.conn import confine
+from borg_gate.conn.policy import Confinement
 
 
 def borg_b22_allows(backend_path: str, paths: list[str], repositories: list[str]) -> bool:

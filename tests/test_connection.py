@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from borg_gate import connection
+from borg_gate.base import connection
 
 
 @pytest.mark.parametrize("key_type", ["ed25519", "rsa", "ecdsa"])

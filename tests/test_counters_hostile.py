@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate import connection, counterfiles, counters, events
-from borg_gate.counters import series
-from borg_gate.events import EventLog
+from borg_gate.admin import counterfiles
+from borg_gate.base import connection, counters, events
+from borg_gate.base.counters import series
+from borg_gate.base.events import EventLog
 from tests.hostile_users import MEMBER, VICTIM, popen_as, run_as, shared_dir, uid
 from tests.hostile_users import hostile_root as hostile_root  # a fixture
 from tests.recorder import Host
@@ -112,7 +113,7 @@ sys.stdin.read()
 
 ADDER = """
 import sys
-from borg_gate import counters
+from borg_gate.base import counters
 print(counters.add(sys.argv[1], {counters.CONFIG_ERRORS: 1}))
 """
 
@@ -140,7 +141,7 @@ def test_a_lock_held_forever_costs_the_count_not_the_connection(tmp_path: Path) 
 
 LOADER = """
 import sys
-from borg_gate import counterfiles
+from borg_gate.admin import counterfiles
 print(counterfiles.load(sys.argv[1]).unreadable)
 """
 
@@ -238,7 +239,7 @@ def test_a_victims_file_linked_under_her_counters_name_costs_no_wait(hostile_roo
 
 COUNTED_LOAD = """
 import json, sys, time
-from borg_gate import counterfiles
+from borg_gate.admin import counterfiles
 pauses = []
 real = time.sleep
 time.sleep = lambda s: (pauses.append(s), real(s))[1]

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from borg_gate import connection, counterfiles, counters, events
-from borg_gate.events import EventLog
+from borg_gate.admin import counterfiles
+from borg_gate.base import connection, counters, events
+from borg_gate.base.events import EventLog
 from tests.observability_support import events as logged
 from tests.observability_support import log_lines
 from tests.recorder import SSHD_ENV, Host, Outcome, run_gate
@@ -137,7 +138,8 @@ def test_refused_connection_event(tmp_path: Path) -> None:
 
 PATCHED_GATE = """
 import sys
-from borg_gate import config, events, gate
+from borg_gate.base import config, events
+from borg_gate.conn import gate
 exec(sys.argv[1])
 gate.main(sys.argv[2:])
 """
@@ -247,7 +249,7 @@ def test_syslog_datagram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 SYSLOG_STORM = """
 import sys
-from borg_gate import connection, events
+from borg_gate.base import connection, events
 events.SYSLOG_SOCKET = sys.argv[1]
 log = events.EventLog(connection.current({}), None, syslog=True, state_dir=sys.argv[2])
 for i in range(200):

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from borg_gate import counterfiles, counters, events
+from borg_gate.admin import counterfiles
+from borg_gate.base import counters, events
 from tests.recorder import GATE, SSHD_ENV, Host
 
 GATES = 100
@@ -54,7 +55,7 @@ def test_hundred_concurrent_gates(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from borg_gate import connection, events
+from borg_gate.base import connection, events
 log = events.EventLog(connection.current({}), sys.argv[1], state_dir=sys.argv[2])
 n = int(sys.argv[3])
 for seq in range(50):

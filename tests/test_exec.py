@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from borg_gate import versions
-from borg_gate.errors import Kind
+from borg_gate.base.errors import Kind
+from borg_gate.conn import versions
 from tests.recorder import GATE, SSHD_ENV, Host, Outcome, run_gate
 
 CLIENT_BYTES = b"\x82\xa1i\x00\xa1m\xa4open" + bytes(range(256)) * 8  # what a borg client sends first

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from borg_gate.errors import Kind
+from borg_gate.base.errors import Kind
 from tests.recorder import REFUSAL_CODES, Host, Outcome
 from tests.test_command import HOSTILE
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from borg_gate import jsontext
+from borg_gate.base import jsontext
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
 values = st.recursive(
@@ -70,10 +70,10 @@ def test_parse_constant_and_nesting() -> None:
 
 def test_the_connection_path_does_not_import_re() -> None:
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from borg_gate import jsontext;"
+        "import sys; sys.path.insert(0, sys.argv[1]); from borg_gate.base import jsontext;"
         "jsontext.loads(jsontext.dumps({'a': [1, 2.5, 'x\\n', None, True]}));"
         "print(sorted(m for m in ('re', 'json', 'enum') if m in sys.modules))"
     )
-    root = str(Path(jsontext.__file__).parents[1])
+    root = str(Path(jsontext.__file__).parents[2])
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code, root], capture_output=True, text=True, check=False)
     assert (out.returncode, out.stdout) == (0, "[]\n"), out.stderr

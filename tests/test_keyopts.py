@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from borg_gate import keyopts, patterns
-from borg_gate.errors import Kind, Refusal
-from borg_gate.keyopts import PERMISSIONS, KeyOptions, Permission, parse_key_options, parse_size
+from borg_gate.base import patterns
+from borg_gate.base.errors import Kind, Refusal
+from borg_gate.conn import keyopts
+from borg_gate.conn.keyopts import PERMISSIONS, KeyOptions, Permission, parse_key_options, parse_size
 
 
 def misconfigured(argv: list[str]) -> str:
@@ -304,7 +305,7 @@ def test_parsing_a_key_line_imports_neither_argparse_nor_re() -> None:
     """argparse with re and gettext costs a connection ~6 ms; its help formatter's shutil (bz2, lzma, …) ~2-3 ms."""
     probe = (
         "import sys\n"
-        "from borg_gate.keyopts import parse_key_options\n"
+        "from borg_gate.conn.keyopts import parse_key_options\n"
         "parse_key_options(['--client', 'alice', '--append-only', '--restrict-to-path', '/srv', '--wait=5'])\n"
         "loaded = {'argparse', 're', 'gettext', 'shutil'} & set(sys.modules)\n"
         "assert not loaded, loaded\n"

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
-from borg_gate import keyopts
-from borg_gate.errors import Kind, Refusal
+from borg_gate.base.errors import Kind, Refusal
+from borg_gate.conn import keyopts
 
 VALUE_OPTIONS = [o for o, (_, kind, _) in keyopts.OPTIONS.items() if kind != keyopts.FLAG]
 NAMES = [*keyopts.OPTIONS, *keyopts.HELP]

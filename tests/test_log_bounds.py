@@ -9,9 +9,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from borg_gate import connection, events
-from borg_gate.errors import Kind
-from borg_gate.events import COMMAND_CHARS, MAX_LINE, EventLog
+from borg_gate.base import connection, events
+from borg_gate.base.errors import Kind
+from borg_gate.base.events import COMMAND_CHARS, MAX_LINE, EventLog
 from tests.recorder import Host
 
 LARGEST = "\U0010ffff" * 32_000  # ~128 KiB of UTF-8: as much as one environment string may hold

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from borg_gate import metrics
+from borg_gate.admin import metrics
 from tests.observability_support import admin, busy_host, end_session, events, hold_host, start_gate, stop, wait_ready
 from tests.recorder import Host
 

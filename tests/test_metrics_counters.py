@@ -12,9 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from borg_gate import counterfiles, counters
-from borg_gate.counters import series
-from borg_gate.printable import printable
+from borg_gate.admin import counterfiles
+from borg_gate.base import counters
+from borg_gate.base.counters import series
+from borg_gate.base.printable import printable
 
 
 def test_what_each_event_adds() -> None:
@@ -107,7 +108,7 @@ def test_corrupt_or_hostile_file(tmp_path: Path) -> None:
 
 INCREMENTER = """
 import sys
-from borg_gate import counters
+from borg_gate.base import counters
 mine = counters.series(counters.WAITED, client="w" + sys.argv[3])
 for i in range(int(sys.argv[2])):
     counters.add(sys.argv[1], {counters.CONFIG_ERRORS: 1, mine: 0.5})

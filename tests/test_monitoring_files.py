@@ -11,7 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from borg_gate import counterfiles, counters, metrics, repos
+from borg_gate.admin import counterfiles, metrics, repos
+from borg_gate.base import counters
 from tests import node_exporter
 
 PACKAGING = Path(__file__).resolve().parents[1] / "packaging"

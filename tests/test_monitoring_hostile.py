@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from borg_gate import counterfiles, counters, metrics, served
+from borg_gate.admin import counterfiles, metrics, served
+from borg_gate.base import counters
 from tests import node_exporter
 from tests.hostile_users import MEMBER, VICTIM, run_as, shared_dir, uid
 from tests.hostile_users import hostile_root as hostile_root  # a fixture
@@ -132,7 +133,7 @@ def test_whatever_members_write_the_exposition_passes_promtool(contents: list[di
 
 def _counters_as(user: str, state: Path, increments: dict[str, float], last: dict[str, Any]) -> None:
     code = (
-        "import json, sys\nfrom borg_gate import counters\n"
+        "import json, sys\nfrom borg_gate.base import counters\n"
         "assert counters.add(sys.argv[1], json.loads(sys.argv[2]), None, json.loads(sys.argv[3]))\n"
     )
     out = run_as(user, code, str(state), json.dumps(increments), json.dumps(last))

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from borg_gate import config, values
+from borg_gate.base import config, values
 
 PACKAGING = Path(__file__).resolve().parents[1] / "packaging"
 EXAMPLE = PACKAGING / "config.toml"

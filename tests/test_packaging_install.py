@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from borg_gate import versions
+from borg_gate.conn import versions
 from tests.e2e import harness
 from tests.recorder import RECORDER, SSHD_ENV, Outcome, run_gate
 from tests.test_packaging_files import GROUP, MEMBER, ensure_user

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from borg_gate import patterns
+from borg_gate.base import patterns
 
 # The characters that matter to these forms, and a few that must never pass for them.
 ALPHABET = patterns.ALNUM + "._+-=:/ \n\t\x00\xe9\xdf\u0663\u0660\u2460\u212a" + "BORG_DEV"

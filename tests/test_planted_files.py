@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate import connection, events, versions
-from borg_gate.config import BinarySpec
-from borg_gate.errors import Kind
-from borg_gate.events import EventLog
-from borg_gate.versions import BorgVersion, resolve
+from borg_gate.base import connection, events
+from borg_gate.base.config import BinarySpec
+from borg_gate.base.errors import Kind
+from borg_gate.base.events import EventLog
+from borg_gate.conn import versions
+from borg_gate.conn.versions import BorgVersion, resolve
 from tests.recorder import GATE, SSHD_ENV, Host, Outcome, start_gate
 from tests.test_versions import detections, fake_borg
 
@@ -241,7 +242,7 @@ def test_a_write_error_on_a_regular_log_file_is_reported(tmp_path: Path) -> None
     """/dev/full is now refused before any write: a file past RLIMIT_FSIZE still gives a real write error."""
     log_file = tmp_path / "gate.jsonl"
     log_file.write_bytes(b"x" * 8192)
-    probe = "import sys; from borg_gate import events; print(events.append_line(sys.argv[1], b'line\\n'))"
+    probe = "import sys; from borg_gate.base import events; print(events.append_line(sys.argv[1], b'line\\n'))"
 
     def small_files() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # Python ignores SIGXFSZ: EFBIG instead

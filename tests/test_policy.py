@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from borg_gate import policy
-from borg_gate.command import ClientRequest, parse_command
-from borg_gate.config import BinarySpec, Config, parse_config
-from borg_gate.errors import Kind, Refusal
-from borg_gate.keyopts import PERMISSIONS, KeyOptions, Permission, parse_key_options
-from borg_gate.versions import Borg, BorgVersion
+from borg_gate.base.config import BinarySpec, Config, parse_config
+from borg_gate.base.errors import Kind, Refusal
+from borg_gate.conn import policy
+from borg_gate.conn.command import ClientRequest, parse_command
+from borg_gate.conn.keyopts import PERMISSIONS, KeyOptions, Permission, parse_key_options
+from borg_gate.conn.versions import Borg, BorgVersion
 from tests import platform_facts
 from tests.recorder.grammar import VERSIONS, Grammar
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate import slots
-from borg_gate.errors import Kind
-from borg_gate.policy import Budget
+from borg_gate.base.errors import Kind
+from borg_gate.conn import slots
+from borg_gate.conn.policy import Budget
 from tests.slots_support import Gate, Hold, Site, assert_all_free, hold_slot
 
 

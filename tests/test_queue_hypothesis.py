@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from borg_gate.errors import Kind
+from borg_gate.base.errors import Kind
 from tests.slots_support import Gate, Hold, Site, assert_all_free, ticket_holders
 
 HOST, PER_CLIENT = 2, 1

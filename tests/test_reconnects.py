@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate import reconnects, statedir
+from borg_gate.base import statedir
+from borg_gate.conn import reconnects
 from tests.recorder import Host
 
 WAIT = 1.0

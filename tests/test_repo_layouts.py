@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate import repos
-from borg_gate.versions import BorgVersion
+from borg_gate.admin import repos
+from borg_gate.conn.versions import BorgVersion
 from tests import repo_layouts
 from tests.e2e import harness
 

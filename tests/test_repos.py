@@ -17,7 +17,8 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from borg_gate import config, counterfiles, counters, repos
+from borg_gate.admin import counterfiles, repos
+from borg_gate.base import config, counters
 from tests import repo_layouts
 
 OLD = 1_600_000_000.0  # 2020-09-13: "a repository nobody touched"
@@ -221,7 +222,7 @@ def test_unreadable_dirs_are_reported_for_a_non_root_admin(open_tmp: Path) -> No
     # nobody must be able to run it: the package and psutil copied to a world-readable dir
     # (the checkout may live under root's 0700 home), run by the system's interpreter
     lib = tmp_path / "lib"
-    for pkg in (Path(repos.__file__).parent, Path(psutil.__file__).parent):
+    for pkg in (Path(repos.__file__).parents[1], Path(psutil.__file__).parent):
         shutil.copytree(pkg, lib / pkg.name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["chmod", "-R", "a+rX", str(lib)], check=True)
     out = subprocess.run(

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from borg_gate import config, counters, repos, safeopen
+from borg_gate.admin import repos, safeopen
+from borg_gate.base import config, counters
 from tests import repo_layouts
 from tests.hostile_users import MEMBER, VICTIM, run_as, uid
 from tests.hostile_users import hostile_root as hostile_root  # a fixture

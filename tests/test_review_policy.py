@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import pytest
 
-from borg_gate import policy
-from borg_gate.config import BinarySpec
-from borg_gate.errors import Kind, Refusal
-from borg_gate.keyopts import Permission
-from borg_gate.versions import Borg, BorgVersion
+from borg_gate.base.config import BinarySpec
+from borg_gate.base.errors import Kind, Refusal
+from borg_gate.conn import policy
+from borg_gate.conn.keyopts import Permission
+from borg_gate.conn.versions import Borg, BorgVersion
 
 
 def borg(version: str) -> Borg:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate import check, counterfiles, counters
-from borg_gate.counters import series
-from borg_gate.errors import Kind
+from borg_gate.admin import check, counterfiles
+from borg_gate.base import counters
+from borg_gate.base.counters import series
+from borg_gate.base.errors import Kind
 from tests.eventlog import read_events
 from tests.hostile_users import MEMBER, VICTIM, hostile_root, run_as, shared_dir, uid
 from tests.recorder import Host
@@ -73,8 +74,8 @@ def test_a_world_writable_log_dir_is_refused_and_not_written(tmp_path: Path, mod
 
 EMIT = """
 import sys
-from borg_gate import connection
-from borg_gate.events import EventLog
+from borg_gate.base import connection
+from borg_gate.base.events import EventLog
 log = EventLog(connection.current({}), sys.argv[1], state_dir=sys.argv[2])
 log.emit("session.started", client="victim")
 print(log.failures)

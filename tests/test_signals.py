@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate.errors import Kind
+from borg_gate.base.errors import Kind
 from tests.observability_support import events, hold_host, start_gate, stop, wait_for, wait_ready
 from tests.recorder import GATE, SSHD_ENV, Host
 

@@ -13,9 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from borg_gate import slots, statedir
-from borg_gate.errors import Kind, Refusal
-from borg_gate.policy import Budget
+from borg_gate.admin import slotstatus
+from borg_gate.base import statedir
+from borg_gate.base.errors import Kind, Refusal
+from borg_gate.conn import slots
+from borg_gate.conn.policy import Budget
 from tests.slots_support import Hold, Site, assert_all_free, hold_slot
 
 
@@ -198,8 +200,8 @@ def test_the_deadline_refuses_after_waiting_once(site: Site) -> None:
 
 
 def test_snapshot_of_a_missing_state_dir_creates_nothing(tmp_path: Path) -> None:
-    usage = slots.snapshot(str(tmp_path / "none"), 8, 2)
-    assert usage == [slots.BudgetUsage("host", "host", 8, (), 0)]
+    usage = slotstatus.snapshot(str(tmp_path / "none"), 8, 2)
+    assert usage == [slotstatus.BudgetUsage("host", "host", 8, (), 0)]
     assert not (tmp_path / "none").exists()
 
 
@@ -243,7 +245,7 @@ def test_a_refused_state_dir_raises_for_snapshot(tmp_path: Path) -> None:
     (tmp_path / "state").mkdir(mode=0o777)
     (tmp_path / "state").chmod(0o777)
     with pytest.raises(Refusal, match="world-writable"):
-        slots.snapshot(str(tmp_path / "state"), 8, 2)
+        slotstatus.snapshot(str(tmp_path / "state"), 8, 2)
 
 
 # --- in-process: the pieces a gate process is made of ---------------------------------------------
@@ -262,12 +264,12 @@ def test_acquire_in_process_takes_client_then_host_and_describes_both(tmp_path: 
         with pytest.raises(Refusal) as refused:
             slots.acquire(str(tmp_path / "s"), "alice", Budget(2, 1, 0), session, say=quiet, emit=quiet, watch_fd=-1)
         assert refused.value.kind is Kind.BUSY
-        host, alice = slots.snapshot(str(tmp_path / "s"), 2, 1)
+        host, alice = slotstatus.snapshot(str(tmp_path / "s"), 2, 1)
         assert [h.conn for h in host.holders + alice.holders] == ["c0ffee", "c0ffee"]
     finally:
         for fd in held.fds:
             os.close(fd)
-    assert all(u.holders == () for u in slots.snapshot(str(tmp_path / "s"), 2, 1))
+    assert all(u.holders == () for u in slotstatus.snapshot(str(tmp_path / "s"), 2, 1))
 
 
 def test_open_file_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
@@ -282,7 +284,7 @@ def test_open_file_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
 
 def test_the_refusal_counts_from_the_lock_file_not_proc_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A queued connection asks the lock file (F_OFD_GETLK) what is in use: /proc/locks is status' alone."""
-    from borg_gate import slotstatus
+    from borg_gate.admin import slotstatus
 
     def unreadable() -> dict[tuple[int, int, int], list[tuple[int, int, bool]]]:
         raise AssertionError("a connection read /proc/locks")
@@ -307,7 +309,8 @@ def test_the_refusal_counts_from_the_lock_file_not_proc_locks(tmp_path: Path, mo
 )
 def test_locked_bytes_is_what_proc_locks_says(locks: list[tuple[int, int, bool]], start: int, length: int) -> None:
     """budgetfile.locked_bytes against slotstatus' reading of /proc/locks, for any set of (overlapping) locks."""
-    from borg_gate import budgetfile, slotstatus
+    from borg_gate.admin import slotstatus
+    from borg_gate.conn import budgetfile
 
     with tempfile.TemporaryDirectory() as tmp:
         fd = os.open(os.path.join(tmp, "locks"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -338,7 +341,7 @@ def test_highest_locked_is_the_top_write_locked_byte(
 ) -> None:
     """budgetfile.highest_locked, for any set of (overlapping) read and write locks held by other
     descriptions: the highest write-locked byte in the range, as a byte-by-byte count has it."""
-    from borg_gate import budgetfile
+    from borg_gate.conn import budgetfile
 
     with tempfile.TemporaryDirectory() as tmp:
         fd = os.open(os.path.join(tmp, "locks"), os.O_RDWR | os.O_CREAT, 0o600)

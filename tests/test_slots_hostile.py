@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate import statedir
-from borg_gate.errors import Kind, Refusal
+from borg_gate.base import statedir
+from borg_gate.base.errors import Kind, Refusal
 from tests import test_slots_users
 from tests.slots_support import Hold, Site, apply_tmpfiles, assert_all_free
 from tests.test_slots_users import GROUP, USERS, as_user, shared_site
@@ -299,7 +299,7 @@ def test_garbage_in_the_ticket_counters_costs_order_never_a_slot(pair: tuple[Sit
 def test_a_member_holding_locks_costs_slots_never_the_deadline(pair: tuple[Site, Member]) -> None:
     """What she can do as any gate can: lock bytes. Every slot, or every ticket of the queue, taken by
     her: connections wait until their deadline and are refused as busy; none hangs or spins."""
-    from borg_gate import budgetfile
+    from borg_gate.conn import budgetfile
 
     site, member = pair
     host = budgetfile.region("host")

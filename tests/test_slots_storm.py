@@ -8,7 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
-from borg_gate.errors import Kind
+from borg_gate.base.errors import Kind
 from tests.slots_support import Site, assert_all_free
 
 HOST_LIMIT = 4

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate.errors import Kind
+from borg_gate.base.errors import Kind
 from tests.hostile_users import as_user, make_users
 from tests.slots_support import Hold, Site, apply_tmpfiles, assert_all_free
 

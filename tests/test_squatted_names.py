@@ -13,7 +13,9 @@ import os
 import stat
 from pathlib import Path
 
-from borg_gate import configcache, counterfiles, counters, reconnects, statedir, versions
+from borg_gate.admin import counterfiles
+from borg_gate.base import configcache, counters, statedir
+from borg_gate.conn import reconnects, versions
 from tests.hostile_users import MEMBER, VICTIM, popen_as, run_as, shared_dir, uid
 from tests.hostile_users import hostile_root as hostile_root  # a fixture
 from tests.recorder import Host
@@ -21,7 +23,7 @@ from tests.recorder import Host
 # The victim: says its pid, waits until the member has planted, then replaces her files.
 VICTIM_WRITES = """
 import os, sys
-from borg_gate import counters, statedir
+from borg_gate.base import counters, statedir
 print(os.getpid(), flush=True)
 sys.stdin.readline()
 state = sys.argv[1]

@@ -10,7 +10,8 @@ from typing import Any
 
 import psutil
 
-from borg_gate import counterfiles, counters
+from borg_gate.admin import counterfiles
+from borg_gate.base import counters
 from tests.observability_support import admin, busy_host, end_session, events, wait_ready, waiting
 from tests.recorder import Host
 

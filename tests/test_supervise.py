@@ -12,7 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from borg_gate import counterfiles, counters, slotstatus, supervise
+from borg_gate.admin import counterfiles, slotstatus
+from borg_gate.base import counters
+from borg_gate.conn import supervise
 from tests.observability_support import events, hold_host, read_line, start_gate, stop, wait_for, wait_ready
 from tests.recorder import Host
 from tests.slots_support import held_locks

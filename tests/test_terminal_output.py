@@ -13,8 +13,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from borg_gate import status
-from borg_gate.printable import printable
+from borg_gate.admin import status
+from borg_gate.base.printable import printable
 from tests.hostile_users import MEMBER, hostile_root, run_as, shared_dir, uid
 from tests.observability_support import admin
 from tests.recorder import GATE, Host

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate.errors import Kind
+from borg_gate.base.errors import Kind
 from tests.recorder import Host
 
 OTHER_UID = 65534  # nobody

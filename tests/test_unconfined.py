@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate import check
-from borg_gate.errors import Kind
+from borg_gate.admin import check
+from borg_gate.base.errors import Kind
 from tests.recorder import Host
 
 ROOTS = ["/", "//", "/.", "/..", "/./", "/srv/..", "/{client}/..", "{link}"]

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from borg_gate import versions
-from borg_gate.config import BinarySpec
-from borg_gate.errors import Kind, Refusal
-from borg_gate.versions import Borg, BorgVersion, features, resolve
+from borg_gate.base.config import BinarySpec
+from borg_gate.base.errors import Kind, Refusal
+from borg_gate.conn import versions
+from borg_gate.conn.versions import Borg, BorgVersion, features, resolve
 from tests import platform_facts
 from tests.recorder import RECORDER
 from tests.recorder.grammar import VERSIONS, built_borg
@@ -248,8 +248,8 @@ def test_subprocess_is_imported_only_to_detect(tmp_path: Path) -> None:
     binary = fake_borg(tmp_path / "bin", "1.2.4")
     probe = (
         "import sys\n"
-        "from borg_gate.config import BinarySpec\n"
-        "from borg_gate.versions import resolve\n"
+        "from borg_gate.base.config import BinarySpec\n"
+        "from borg_gate.conn.versions import resolve\n"
         f"resolve(BinarySpec('borg', {str(binary)!r}, '1.2.4'), {str(tmp_path)!r})\n"
         "assert 'subprocess' not in sys.modules, 'stated version'\n"
         f"resolve(BinarySpec('borg', {str(binary)!r}), {str(tmp_path)!r})\n"

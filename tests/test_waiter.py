@@ -15,9 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from borg_gate import budgetfile, session, slots, statedir
-from borg_gate.connection import Connection
-from borg_gate.errors import Kind
+from borg_gate.base import statedir
+from borg_gate.base.connection import Connection
+from borg_gate.base.errors import Kind
+from borg_gate.conn import budgetfile, session, slots
 from tests.slots_support import Hold, Site, assert_all_free, hold_slot
 
 # Never on a connection's path (each costs a connection 1-8 ms of CPU or most of a MiB; values,
@@ -56,7 +57,7 @@ def cmdline(pid: int) -> list[str]:
 
 
 def is_waiter(argv: list[str]) -> bool:
-    return argv[1:2] == ["-IS"] and argv[2].endswith("/borg_gate/waiter.py")
+    return argv[1:2] == ["-IS"] and argv[2].endswith("/borg_gate/conn/waiter.py")
 
 
 def test_a_queued_connection_waits_as_the_waiter_and_keeps_its_pid_and_id(site: Site) -> None:
@@ -201,7 +202,7 @@ def imported(argv: list[str], env: dict[str, str]) -> set[str]:
 
 
 def test_a_connection_with_free_slots_loads_none_of_the_heavy_modules(site: Site) -> None:
-    package_root = str(Path(session.__file__).parents[1])
+    package_root = str(Path(session.__file__).parents[2])
     run = [
         sys.executable,
         "-IS",
@@ -224,25 +225,25 @@ def test_a_connection_with_free_slots_loads_none_of_the_heavy_modules(site: Site
     assert "tomllib" in first
     assert "tomllib" in imported(run, env)  # reads the config with tomllib and caches it (configcache)
     again = imported(run, env)
-    assert "borg_gate.slots" in again and not again & HEAVY, sorted(again & HEAVY)
+    assert "borg_gate.conn.slots" in again and not again & HEAVY, sorted(again & HEAVY)
 
 
 def test_the_waiter_loads_none_of_the_heavy_modules() -> None:
-    package_root = str(Path(session.__file__).parents[1])
-    code = "import sys; sys.path.insert(0, sys.argv[1]); import borg_gate.session, _thread"
+    package_root = str(Path(session.__file__).parents[2])
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import borg_gate.conn.session, _thread"
     names = imported([sys.executable, "-IS", "-X", "importtime", "-c", code, package_root], {})
     assert not names & HEAVY, sorted(names & HEAVY)
 
 
 def test_a_signal_during_the_exec_into_the_waiter_is_answered_by_the_waiter() -> None:
     """exec resets the handlers but keeps the mask: defer holds SIGHUP back until the waiter can refuse."""
-    package_root = str(Path(session.__file__).parents[1])
+    package_root = str(Path(session.__file__).parents[2])
     after = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from borg_gate import interrupt; interrupt.install()\n"
+        "import sys; sys.path.insert(0, sys.argv[1]); from borg_gate.conn import interrupt; interrupt.install()\n"
         "try:\n    interrupt.resume()\nexcept interrupt.Interrupted as exc:\n    print('answered', exc.name)"
     )
     before = (
-        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); from borg_gate import interrupt\n"
+        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); from borg_gate.conn import interrupt\n"
         "interrupt.install(); interrupt.defer(); os.kill(os.getpid(), signal.SIGHUP)\n"
         "os.execv(sys.executable, [sys.executable, '-IS', '-c', sys.argv[2], sys.argv[1]])"
     )

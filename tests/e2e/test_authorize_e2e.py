@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate import authkeys
+from borg_gate.admin import authkeys
 from tests import platform_facts
 from tests.borg_cli import Cli
 from tests.e2e import harness

@@ -4,7 +4,7 @@ borgstore (>= 0.5.5) reconnects up to three times, 5 s apart, when the server cl
 an answer, for any request but ``create`` (``with_reconnect`` in borgstore's backends/rest.py),
 so the client lists an existing repository. Another client's borg serve holds the only slot
 for the whole test; the rest:// client's first connection queues WAIT seconds and is refused
-(213), its reconnects are refused without a wait (borg_gate/reconnects.py). Without the memory
+(213), its reconnects are refused without a wait (borg_gate/conn/reconnects.py). Without the memory
 (made unusable here by a root-owned file under its name, which the gate neither believes nor
 can replace) the same command takes four full waits and three pauses. The test prints both
 figures (run it with -s to see them).
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from borg_gate import reconnects
+from borg_gate.conn import reconnects
 from tests import platform_facts
 from tests.borg_cli import Cli
 from tests.e2e import harness

@@ -20,7 +20,7 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
-from borg_gate.errors import Kind
+from borg_gate.base.errors import Kind
 from tests.testhost import GateHost
 
 RECORDER = Path(__file__).with_name("borg")

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from borg_gate import budgetfile, slots
+from borg_gate.admin import slotstatus
+from borg_gate.conn import budgetfile
 from tests.eventlog import read_events
 
 RECORDER = Path(__file__).with_name("recorder")
@@ -211,8 +212,8 @@ class Site:
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         return read_events(self.log_file, name)
 
-    def usage(self) -> list[slots.BudgetUsage]:
-        return slots.snapshot(str(self.state_dir), self.max_sessions, self.per_client, self.reserved)
+    def usage(self) -> list[slotstatus.BudgetUsage]:
+        return slotstatus.snapshot(str(self.state_dir), self.max_sessions, self.per_client, self.reserved)
 
     def wait_for(self, predicate: Any, what: str, timeout: float = 60) -> None:
         """Poll until ``predicate()`` holds: for waiting on other processes, never a speed claim."""
