@@ -277,6 +277,7 @@ class Site(GateHost):
     sshd: Sshd = field(kw_only=True)
     gate: Path = field(kw_only=True)
     keys: dict[str, ClientKey] = field(default_factory=dict)
+    authorized: set[str] = field(default_factory=set)  # unix users this site wrote authorized_keys for
 
     def setup(self) -> None:
         """Directories as packaging/ lays them out: shared by the test users through a group."""
@@ -296,9 +297,10 @@ class Site(GateHost):
         self.write_config()
 
     def key_files(self) -> list[str]:
-        """``--authorized-keys`` and every file this site's sshd reads: root's monitoring learns from them
-        which unix user serves which client (the system sshd's ``sshd -T`` knows nothing of this one's)."""
-        return ["--authorized-keys", *sorted(str(p) for p in self.sshd.keys_dir.iterdir())]
+        """``--authorized-keys`` and the files this site wrote for sshd: root's monitoring learns from them
+        which unix user serves which client (the system sshd's ``sshd -T`` knows nothing of this one's;
+        the private sshd's dir holds every site's users)."""
+        return ["--authorized-keys", *sorted(str(self.sshd.keys_dir / user) for user in self.authorized)]
 
     def repo_dir(self, client: str, owner: str) -> Path:
         """The per-client repos root ``repos/<client>``, owned by the unix user serving it."""
@@ -334,6 +336,7 @@ class Site(GateHost):
     def authorize(self, user: str, *entries: tuple[ClientKey, str]) -> None:
         """Set ``user``'s authorized_keys to one gate line per (key, key options)."""
         self.sshd.write_keys(user, [self.key_line(k, opts) for k, opts in entries])
+        self.authorized.add(user)
 
     def repo_url(self, user: str, path: str | Path, scheme: str = "ssh") -> str:
         return f"{scheme}://{user}@127.0.0.1:{self.sshd.port}{path}"
