@@ -252,11 +252,11 @@ def test_check_reports_reserved_sessions_that_leave_no_normal_slot(tmp_path: Pat
     from borg_gate.admin import check
     from borg_gate.base.config import Config
 
-    report = check.Report()
+    report = check.CheckReport()
     check.check_limits(report, Config(source="cfg", max_sessions=3, reserved_sessions=3))
     (finding,) = report.findings
     assert (finding.severity, finding.code) == (check.ERROR, "limits")
     assert "reserved_sessions = 3 leaves no session of max_sessions = 3" in finding.message
-    report = check.Report()
+    report = check.CheckReport()
     check.check_limits(report, Config(source="cfg", max_sessions=3, reserved_sessions=2))
     assert report.findings == []

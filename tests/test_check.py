@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from borg_gate.admin import check
-from borg_gate.admin.check import ERROR, INFO, WARNING, Finding, Report
+from borg_gate.admin.check import ERROR, INFO, WARNING, CheckReport, Finding
 from tests import platform_facts
 from tests.sshkeys import dsa_line
 
@@ -75,7 +75,7 @@ class Site:
     def line(self, options: str, key: int = 0) -> str:
         return f'command="{GATE} {options}",restrict {self.keys[key]}'
 
-    def run(self, lines: Sequence[str], **kw: object) -> Report:
+    def run(self, lines: Sequence[str], **kw: object) -> CheckReport:
         self.keys_file.write_text("".join(f"{x}\n" for x in lines))
         self.keys_file.chmod(0o600)
         return check.run_check(str(self.config), [str(self.keys_file)], str(self.sshd_config), **kw)  # type: ignore[arg-type]
@@ -92,11 +92,11 @@ def site(tmp_path: Path, pubkeys: list[str]) -> Site:
     return s
 
 
-def problems(report: Report) -> list[tuple[str, str, int | None]]:
+def problems(report: CheckReport) -> list[tuple[str, str, int | None]]:
     return [(f.severity, f.code, f.line) for f in report.findings if f.severity != INFO]
 
 
-def only(report: Report, code: str) -> Finding:
+def only(report: CheckReport, code: str) -> Finding:
     found = [f for f in report.findings if f.code == code]
     assert len(found) == 1, report.findings
     return found[0]
@@ -327,10 +327,10 @@ def test_which_user_a_keys_file_is_for() -> None:
 
 
 def test_a_user_without_a_shell_cannot_run_forced_commands() -> None:
-    report = Report()
+    report = CheckReport()
     check.check_user(report, check.User("backup", 1234, frozenset({1234}), "/home/b", "/usr/sbin/nologin"), "f")
     assert problems(report) == [(ERROR, "user-shell", None)]
-    report = Report()
+    report = CheckReport()
     check.check_user(report, check.User("root", 0, frozenset({0}), "/root", "/bin/bash"), "f")
     assert problems(report) == [(WARNING, "root", None)]
 
@@ -362,7 +362,7 @@ def test_state_dir_and_log_file_usable_by_the_gates_users(shared_dir: Path) -> N
     log.touch(mode=0o644)
     cfg = Config(source="cfg", state_dir=str(shared_dir / "state"), log_file=str(log))
     user = other_user()
-    report = Report()
+    report = CheckReport()
     check.check_state_dir(report, cfg, [user])
     check.check_log_file(report, cfg, [user])
     assert [(f.severity, f.code) for f in report.findings] == [(ERROR, "state-dir"), (WARNING, "log-file")]
@@ -370,7 +370,7 @@ def test_state_dir_and_log_file_usable_by_the_gates_users(shared_dir: Path) -> N
     # group-shared as packaging lays it out: 3770 and 0660, the user in the directory's group
     shared = check.User(user.name, user.uid, frozenset({os.getegid()}), user.home, user.shell)
     (shared_dir / "state").chmod(0o2770)
-    report = Report()
+    report = CheckReport()
     check.check_state_dir(report, cfg, [shared])
     assert [(f.severity, f.code) for f in report.findings] == [(ERROR, "state-dir"), (ERROR, "lock-file")]
     assert "group-writable without the sticky bit" in report.findings[0].message
@@ -379,19 +379,19 @@ def test_state_dir_and_log_file_usable_by_the_gates_users(shared_dir: Path) -> N
     (shared_dir / "state").chmod(0o3770)
     locks = shared_dir / "state" / "locks"
     locks.touch(mode=0o640)  # the user could not take a lock: write access is the kernel's rule for one
-    report = Report()
+    report = CheckReport()
     check.check_state_dir(report, cfg, [shared])
     assert [(f.severity, f.code) for f in report.findings] == [(ERROR, "lock-file")]
     assert f"user {user.name} cannot open it read-write" in report.findings[0].message
     os.chown(locks, user.uid, -1)  # a member's file: she could remove it and double the budget
-    report = Report()
+    report = CheckReport()
     check.check_state_dir(report, cfg, [shared])
     assert [(f.severity, f.code) for f in report.findings] == [(ERROR, "lock-file")]
     assert f"owned by uid {user.uid}, not by root" in report.findings[0].message
     os.chown(locks, 0, -1)
     locks.chmod(0o660)
     log.chmod(0o660)
-    report = Report()
+    report = CheckReport()
     check.check_state_dir(report, cfg, [shared])
     check.check_log_file(report, cfg, [shared])
     assert report.findings == []
@@ -400,11 +400,11 @@ def test_state_dir_and_log_file_usable_by_the_gates_users(shared_dir: Path) -> N
     check.check_log_file(report, cfg, [shared])
     assert [(f.severity, f.code) for f in report.findings] == [(WARNING, "log-file")]
     (shared_dir / "log").chmod(0o2770)  # the state dir's rule: group-writable needs the sticky bit
-    report = Report()
+    report = CheckReport()
     check.check_log_file(report, cfg, [shared])
     assert [(f.severity, f.code) for f in report.findings] == [(ERROR, "log-dir")]
     (shared_dir / "log").chmod(0o3770)
-    report = Report()
+    report = CheckReport()
     check.check_log_file(report, cfg, [shared])
     assert report.findings == []
 

@@ -34,11 +34,11 @@ def site(tmp_path: Path, clients: tuple[str, ...] = ("alice",)) -> config.Config
     return config.Config(state_dir=str(state), log_file="", repos_root=str(tmp_path / "repos" / "{client}"))
 
 
-def by_path(r: repos.Report) -> dict[str, repos.Repo]:
+def by_path(r: repos.ReposReport) -> dict[str, repos.Repo]:
     return {os.path.basename(x.path): x for x in r.repos}
 
 
-def problems(r: repos.Report) -> dict[str, str]:
+def problems(r: repos.ReposReport) -> dict[str, str]:
     return {os.path.basename(p.path): p.problem for p in r.problems}
 
 
@@ -114,11 +114,11 @@ def test_hostile_tree_is_reported_never_followed(tmp_path: Path) -> None:
     repo_layouts.borg1(evil)
     os.symlink(outside / "secret" / "data", root / "evil\x1b[31mname\nline" / "data" / "linked")
 
-    def run() -> repos.Report:
+    def run() -> repos.ReposReport:
         return repos.report(cfg)
 
     worker = threading.Thread(target=lambda: results.append(run()))
-    results: list[repos.Report] = []
+    results: list[repos.ReposReport] = []
     worker.start()
     worker.join(timeout=60)
     assert not worker.is_alive(), "the scan hung (a FIFO opened blocking?)"

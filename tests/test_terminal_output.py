@@ -45,7 +45,7 @@ def test_printable_escapes_every_control_character_and_keeps_text() -> None:
 
 
 def test_status_text_escapes_every_field_json_escapes_them(tmp_path: Path) -> None:
-    session = status.Session(
+    session = status.SessionRow(
         client=f"alice{ESCAPES}",
         user=ESCAPES,
         conn=ESCAPES,
@@ -61,10 +61,10 @@ def test_status_text_escapes_every_field_json_escapes_them(tmp_path: Path) -> No
         bytes_read=None,
         bytes_written=None,
     )
-    budget = status.Budget("client", f"bob{ESCAPES}", 1, 1, 0, 0)
+    budget = status.BudgetRow("client", f"bob{ESCAPES}", 1, 1, 0, 0)
     errors = [{"ts": ESCAPES, "sink": ESCAPES, "error": ESCAPES}, {"ts": 1.5, "sink": "file", "error": ESCAPES}]
     holds = [{"scope": f"client:{ESCAPES}", "reason": ESCAPES, "since": 1.5}]
-    report = status.Report(f"/run/{ESCAPES}", ESCAPES, [budget], [session], {ESCAPES: 1.0}, errors, holds)
+    report = status.StatusReport(f"/run/{ESCAPES}", ESCAPES, [budget], [session], {ESCAPES: 1.0}, errors, holds)
     out = status.text(report)
     assert RAW.search(out) is None, out
     assert "alice\\x1b]0;owned" in out and "client bob\\x1b" in out and "/usr/bin/borg\\x1b" in out

@@ -120,7 +120,7 @@ def build_line(gate: str, argv: Sequence[str], key: authkeys.PublicKey, source: 
 
 def vet(line: str, config_path: str | None, user: check.User | None, label: str) -> list[check.Finding]:
     """check's findings for the line alone, as if it were line 1 of the target file."""
-    report = check.Report()
+    report = check.CheckReport()
     default_path, required = config.config_path(config_path, os.environ)
     site = check.Site(report, default_path, required)
     check.FileCheck(site, report, label, user, []).run((line + "\n").encode())

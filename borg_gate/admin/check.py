@@ -78,7 +78,7 @@ class Finding:
 
 
 @dataclass
-class Report:
+class CheckReport:
     findings: list[Finding] = field(default_factory=list)
     files: int = 0
     keys: int = 0
@@ -189,7 +189,7 @@ def owner_name(uid: int) -> str:
 class Site:
     """Configs as the gate will load them, with their binaries' versions, loaded once each."""
 
-    report: Report
+    report: CheckReport
     default_path: str
     default_required: bool
     users: dict[str, User] = field(default_factory=dict)
@@ -280,7 +280,7 @@ def directory(path: str) -> os.stat_result | str:
     return st if stat.S_ISDIR(st.st_mode) else f"{path} is not a directory"
 
 
-def check_limits(report: Report, cfg: Config) -> None:
+def check_limits(report: CheckReport, cfg: Config) -> None:
     if cfg.reserved_sessions >= cfg.max_sessions:
         report.add(
             ERROR,
@@ -291,7 +291,7 @@ def check_limits(report: Report, cfg: Config) -> None:
         )
 
 
-def check_state_dir(report: Report, cfg: Config, users: Sequence[User]) -> None:
+def check_state_dir(report: CheckReport, cfg: Config, users: Sequence[User]) -> None:
     where = cfg.source
     st = directory(cfg.state_dir)
     if isinstance(st, str):
@@ -314,7 +314,7 @@ def check_state_dir(report: Report, cfg: Config, users: Sequence[User]) -> None:
         check_lock_file(report, cfg, st, users)
 
 
-def check_lock_file(report: Report, cfg: Config, dir_st: os.stat_result, users: Sequence[User]) -> None:
+def check_lock_file(report: CheckReport, cfg: Config, dir_st: os.stat_result, users: Sequence[User]) -> None:
     """The root-owned file whose bytes are the budget (budgetfile): present, root's, lockable by every user."""
     where = cfg.source
     path = os.path.join(cfg.state_dir, budgetfile.NAME)
@@ -353,7 +353,7 @@ def check_lock_file(report: Report, cfg: Config, dir_st: os.stat_result, users: 
             )
 
 
-def check_log_file(report: Report, cfg: Config, users: Sequence[User]) -> None:
+def check_log_file(report: CheckReport, cfg: Config, users: Sequence[User]) -> None:
     where = cfg.source
     if not cfg.log_file:
         report.add(INFO, "log-file", 'log file disabled (log_file = "")', where)
@@ -504,7 +504,7 @@ def read_sshd(config_file: str | None) -> SshdSettings | str:
         return f"{path}: {exc.strerror}"
 
 
-def check_sshd(report: Report, settings: SshdSettings, cfg: Config | None, clients: int) -> None:
+def check_sshd(report: CheckReport, settings: SshdSettings, cfg: Config | None, clients: int) -> None:
     src = settings.source
     if settings.get("exposeauthinfo").lower() != "yes":
         report.add(
@@ -580,7 +580,7 @@ class FileCheck:
     """One authorized_keys file: its lines, in sshd's order."""
 
     site: Site
-    report: Report
+    report: CheckReport
     path: str
     user: User | None
     gate_keys: list[GateKey]
@@ -778,7 +778,7 @@ def _ancestors(path: str) -> Iterator[str]:
         yield "/" + "/".join(parts[:i])
 
 
-def compare_clients(report: Report, keys: Sequence[GateKey]) -> None:
+def compare_clients(report: CheckReport, keys: Sequence[GateKey]) -> None:
     """Keys sharing a client name share its session budget and {client} directory: they must agree."""
     first: dict[str, GateKey] = {}
     for key in keys:
@@ -809,7 +809,7 @@ def compare_clients(report: Report, keys: Sequence[GateKey]) -> None:
             )
 
 
-def check_user(report: Report, user: User, path: str) -> None:
+def check_user(report: CheckReport, user: User, path: str) -> None:
     if user.shell in NO_LOGIN_SHELLS:
         report.add(
             ERROR,
@@ -824,7 +824,7 @@ def check_user(report: Report, user: User, path: str) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def check_counters(report: Report, cfg: Config, keys_files: Sequence[str]) -> None:
+def check_counters(report: CheckReport, cfg: Config, keys_files: Sequence[str]) -> None:
     """Members' counters files holding what the gate never writes: named with their unix user."""
     from borg_gate.admin import counterfiles, status
 
@@ -841,8 +841,8 @@ def check_counters(report: Report, cfg: Config, keys_files: Sequence[str]) -> No
 
 def run_check(
     config_path: str | None, keys_files: Sequence[str], sshd_config: str | None, *, sshd: bool = True
-) -> Report:
-    report = Report()
+) -> CheckReport:
+    report = CheckReport()
     default_path, required = config.config_path(config_path, os.environ)
     site = Site(report, default_path, required)
     cfg = site.config(None)

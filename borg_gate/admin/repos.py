@@ -137,7 +137,7 @@ class ClientSession:
 
 
 @dataclass
-class Report:
+class ReposReport:
     state_dir: str
     roots: list[Root]
     repos: list[Repo]
@@ -711,7 +711,7 @@ def _covers(restrictions: Sequence[str], path: str) -> bool:
 
 def report(
     cfg: config.Config, authorized_keys: Sequence[str] = (), totals: counterfiles.Totals | None = None
-) -> Report:
+) -> ReposReport:
     usage = slotstatus.snapshot(cfg.state_dir, cfg.max_sessions, cfg.max_sessions_per_client)
     holders = [h for u in usage for h in u.holders if h.state != "queued"]
     if totals is None:
@@ -737,7 +737,7 @@ def report(
         pids = {h.pid for h in holders if h.pid and h.client == repo.client and _covers(h.restrictions, repo.path)}
         repo.sessions = sorted(pids)
     repos = sorted(search.repos.values(), key=lambda r: (r.client, r.path))
-    return Report(
+    return ReposReport(
         cfg.state_dir, list(dict.fromkeys(roots)), repos, problems + search.problems, client_sessions(totals, clients)
     )
 
@@ -757,7 +757,7 @@ def _when(ts: float | None, now: float) -> str:
     return f"{stamp} ({ago} ago)"
 
 
-def text(r: Report, now: float | None = None) -> str:
+def text(r: ReposReport, now: float | None = None) -> str:
     from borg_gate.admin.status import _size, _table  # one table style for every admin command
 
     now = time.time() if now is None else now
@@ -802,7 +802,7 @@ def text(r: Report, now: float | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def as_json(r: Report) -> str:
+def as_json(r: ReposReport) -> str:
     return json.dumps(asdict(r), indent=2, ensure_ascii=True) + "\n"
 
 
@@ -829,7 +829,7 @@ def _who(c: ClientSession) -> dict[str, str]:
     return {"client": c.client} if c.user is None else {"client": c.client, counterfiles.USER_LABEL: c.user}
 
 
-def metric_lines(r: Report) -> Iterator[str]:
+def metric_lines(r: ReposReport) -> Iterator[str]:
     """The freshness gauges ``borg-gate metrics`` adds: one series per repository and per client."""
     problems = len(r.problems) + sum(len(x.problems) for x in r.repos)
     samples: dict[str, list[Sample]] = {

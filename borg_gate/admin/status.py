@@ -28,7 +28,7 @@ from borg_gate.base.printable import printable
 
 
 @dataclass(frozen=True)
-class Budget:
+class BudgetRow:
     kind: str  # "host", "client" or "repo"
     name: str
     limit: int
@@ -41,7 +41,7 @@ class Budget:
 
 
 @dataclass(frozen=True)
-class Session:
+class SessionRow:
     client: str | None
     user: str | None
     conn: str | None
@@ -59,11 +59,11 @@ class Session:
 
 
 @dataclass(frozen=True)
-class Report:
+class StatusReport:
     state_dir: str
     config: str
-    budgets: list[Budget]
-    sessions: list[Session]
+    budgets: list[BudgetRow]
+    sessions: list[SessionRow]
     sink_failures: dict[str, float]
     last_sink_errors: list[dict[str, Any]]
     holds: list[dict[str, Any]]  # scope, reason, since: root's maintenance holds
@@ -77,9 +77,9 @@ def load_config(path: str | None) -> config.Config:
     return config.load_config(where, required)
 
 
-def budgets(usage: Sequence[slotstatus.BudgetUsage]) -> list[Budget]:
+def budgets(usage: Sequence[slotstatus.BudgetUsage]) -> list[BudgetRow]:
     return [
-        Budget(
+        BudgetRow(
             u.kind,
             u.name,
             u.limit,
@@ -126,7 +126,7 @@ def serving_process(pid: int, binary: str | None) -> psutil.Process | None:
         return None
 
 
-def measure(holder: slotstatus.Holder, now: float) -> Session:
+def measure(holder: slotstatus.Holder, now: float) -> SessionRow:
     proc = serving_process(holder.pid, holder.binary) if holder.pid else None
     rss = cpu = read = written = None
     if proc is not None:
@@ -143,7 +143,7 @@ def measure(holder: slotstatus.Holder, now: float) -> Session:
         except psutil.Error:
             proc = None
     started = holder.started
-    return Session(
+    return SessionRow(
         client=holder.client,
         user=holder.user,
         conn=holder.conn,
@@ -161,7 +161,7 @@ def measure(holder: slotstatus.Holder, now: float) -> Session:
     )
 
 
-def report(cfg: config.Config) -> Report:
+def report(cfg: config.Config) -> StatusReport:
     usage = slotstatus.snapshot(cfg.state_dir, cfg.max_sessions, cfg.max_sessions_per_client, cfg.reserved_sessions)
     now = time.time()
     seen: dict[tuple[int | None, str | None, str], slotstatus.Holder] = {}
@@ -173,7 +173,7 @@ def report(cfg: config.Config) -> Report:
     sessions = sorted((measure(h, now) for h in seen.values()), key=lambda s: (s.client or "", s.started or ""))
     totals = counterfiles.load(cfg.state_dir)
     failures = {"file": 0.0, "syslog": 0.0, **counterfiles.by_label(totals.values, counters.SINK_FAILURES, "sink")}
-    return Report(
+    return StatusReport(
         cfg.state_dir,
         cfg.source,
         budgets(usage),
@@ -209,7 +209,7 @@ def _table(raw: list[list[str]]) -> list[str]:
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
-def _row(s: Session) -> list[str]:
+def _row(s: SessionRow) -> list[str]:
     pid = "-" if s.pid is None else str(s.pid)
     if s.serve_pid is None:
         pid += " (gone)"
@@ -240,7 +240,7 @@ def _when(ts: object) -> str:
         return "?"
 
 
-def text(r: Report) -> str:
+def text(r: StatusReport) -> str:
     """The tables for a terminal: every text that came from a file goes through printable()."""
     lines = [printable(f"borg-gate status: state dir {r.state_dir} (config {r.config})"), "", "budgets:"]
     rows = [["BUDGET", "IN USE", "FREE", "WAITING"]]
