@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -39,19 +37,6 @@ def test_the_second_load_uses_the_cache_and_gives_the_same_config(tmp_path: Path
     assert cache.exists()
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600  # it holds the config's text
     assert load_config(str(path), True) == first == parse_config(path.read_text(), str(path))
-
-
-def test_a_connection_with_a_cached_config_does_not_import_tomllib(tmp_path: Path) -> None:
-    path, _ = _config(tmp_path)
-    code = (
-        "import sys; from borg_gate.base import config;"
-        "config.load_config(sys.argv[1], True); print('tomllib' in sys.modules)"
-    )
-    runs = [
-        subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
-        for _ in range(2)
-    ]
-    assert runs == ["True\n", "False\n"]
 
 
 def test_changed_bytes_are_parsed_again(tmp_path: Path) -> None:

@@ -301,19 +301,6 @@ def test_parse_size_computes_what_borg_computes(number: int, fraction: str, unit
     assert parse_size(f"{number}{fraction}{unit}") == int(float(f"{number}{fraction}") * factor)
 
 
-def test_parsing_a_key_line_imports_neither_argparse_nor_re() -> None:
-    """argparse with re and gettext costs a connection ~6 ms; its help formatter's shutil (bz2, lzma, …) ~2-3 ms."""
-    probe = (
-        "import sys\n"
-        "from borg_gate.conn.keyopts import parse_key_options\n"
-        "parse_key_options(['--client', 'alice', '--append-only', '--restrict-to-path', '/srv', '--wait=5'])\n"
-        "loaded = {'argparse', 're', 'gettext', 'shutil'} & set(sys.modules)\n"
-        "assert not loaded, loaded\n"
-    )
-    out = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=60, check=False)
-    assert out.returncode == 0, out.stderr
-
-
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help_is_shown_and_exits_zero(flag: str) -> None:
     """A person running ``borg-gate --help`` gets the usage and rc 0, not an internal-error refusal."""

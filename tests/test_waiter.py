@@ -21,31 +21,6 @@ from borg_gate.base.errors import Kind
 from borg_gate.conn import budgetfile, session, slots
 from tests.slots_support import Hold, Site, assert_all_free, hold_slot
 
-# Never on a connection's path (each costs a connection 1-8 ms of CPU or most of a MiB; values,
-# patterns, jsontext, configcache say why). A regression here shows in bench/overhead and bench/herd.
-HEAVY = frozenset(
-    {
-        "typing",
-        "dataclasses",
-        "inspect",
-        "argparse",
-        "re",
-        "enum",
-        "shlex",
-        "tomllib",
-        "json",
-        "contextlib",
-        "collections",
-        "functools",
-        "threading",
-        "base64",
-        "hashlib",
-        "importlib",
-        "warnings",
-        "datetime",
-    }
-)
-
 
 @pytest.fixture
 def site(tmp_path: Path) -> Site:
@@ -190,49 +165,7 @@ def test_a_seat_reads_back_as_it_was_written(seat: session.Seat) -> None:
 
 
 # --- what a connection loads ----------------------------------------------------------------------
-
-
-def imported(argv: list[str], env: dict[str, str]) -> set[str]:
-    out = subprocess.run(
-        argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False, timeout=60
-    )
-    names = {line.split("|")[2].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
-    assert names, out.stderr
-    return names - {"module"}
-
-
-def test_a_connection_with_free_slots_loads_none_of_the_heavy_modules(site: Site) -> None:
-    package_root = str(Path(session.__file__).parents[2])
-    run = [
-        sys.executable,
-        "-IS",
-        "-X",
-        "importtime",
-        "-c",
-        "import sys; sys.path.insert(0, sys.argv[1]); from borg_gate.cli import main; main(sys.argv[2:])",
-        package_root,
-        "--config",
-        str(site.config),
-        "--client",
-        "alice",
-    ]
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "SSH_ORIGINAL_COMMAND": "borg serve --info",
-        "SSH_CONNECTION": "127.0.0.1 1 127.0.0.1 22",
-    }
-    first = imported(run, env)  # makes the state dir (a package's tmpfiles entry would have)
-    assert "tomllib" in first
-    assert "tomllib" in imported(run, env)  # reads the config with tomllib and caches it (configcache)
-    again = imported(run, env)
-    assert "borg_gate.conn.slots" in again and not again & HEAVY, sorted(again & HEAVY)
-
-
-def test_the_waiter_loads_none_of_the_heavy_modules() -> None:
-    package_root = str(Path(session.__file__).parents[2])
-    code = "import sys; sys.path.insert(0, sys.argv[1]); import borg_gate.conn.session, _thread"
-    names = imported([sys.executable, "-IS", "-X", "importtime", "-c", code, package_root], {})
-    assert not names & HEAVY, sorted(names & HEAVY)
+# --- signals across the exec into the waiter --------------------------------------------------------
 
 
 def test_a_signal_during_the_exec_into_the_waiter_is_answered_by_the_waiter() -> None:
