@@ -4,13 +4,13 @@ scripts/setup makes the test venv in a world-readable place and installs the gat
 a copy, not editable: an editable install points back into the checkout, which sshd's and the
 slot tests' unix users cannot read when it lies under /root (``No module named borg_gate``).
 Tests import the working tree themselves (pytest puts the checkout first on sys.path); the
-gates they start as other processes import the copy, so a stale copy is replaced before the
-session starts.
+gates they start as other processes import the copy. A stale copy stops the session with the
+command that refreshes it (scripts/setup; scripts/test runs it first): nothing is reinstalled
+behind the runner's back.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -21,12 +21,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def stale_files() -> list[str]:
-    """The borg_gate files whose installed copy differs from the working tree's."""
+    """The borg_gate files (every subpackage's too) whose installed copy differs from the working tree's."""
     installed = Path(sysconfig.get_paths()["purelib"]) / "borg_gate"
     tree = REPO_ROOT / "borg_gate"
-    names = {p.name for p in tree.glob("*.py")} | {p.name for p in installed.glob("*.py")}
+    names = {p.relative_to(tree) for p in tree.rglob("*.py")} | {
+        p.relative_to(installed) for p in installed.rglob("*.py")
+    }
     return sorted(
-        n
+        str(n)
         for n in names
         if not (tree / n).exists()
         or not (installed / n).exists()
@@ -36,20 +38,11 @@ def stale_files() -> list[str]:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if sys.prefix == sys.base_prefix:
-        return  # not the test venv (a system pytest): nothing of ours to refresh
-    if stale_files():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                "--no-deps",
-                "--force-reinstall",
-                str(REPO_ROOT),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
+        return  # not the test venv (a system pytest): nothing of ours to check
+    stale = stale_files()
+    if stale:
+        pytest.exit(
+            f"the test venv's copy of borg_gate differs from this tree ({', '.join(stale[:5])}"
+            f"{', ...' if len(stale) > 5 else ''}): run scripts/setup (scripts/test runs it first)",
+            returncode=4,
         )
