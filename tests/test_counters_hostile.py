@@ -37,7 +37,7 @@ def mine(state_dir: Path) -> Path:
 
 def as_root() -> None:
     if os.geteuid() != 0:
-        pytest.fail("planting a file owned by another uid needs root (CI runs as root)")
+        pytest.skip("needs root: planting a file owned by another uid (CI runs as root)")
 
 
 @pytest.mark.parametrize("planter", ["another member", "this user"])

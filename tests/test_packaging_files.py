@@ -154,7 +154,8 @@ def test_ssh_service_drop_in_raises_the_listener_only(tmp_path: Path) -> None:
     on fork gives it."""
     from tests.e2e import harness
 
-    harness.require_root()
+    if os.geteuid() != 0:
+        pytest.skip("needs root: it starts a real sshd (CI runs as root)")
     sshd = harness.Sshd(tmp_path / "sshd")
     sshd.start()
     try:

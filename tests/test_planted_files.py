@@ -35,7 +35,7 @@ LEGACY_SHARED_CACHE = "borg-versions.json"  # one cache for the whole group, bef
 
 def _as_other_user(path: Path) -> None:
     if os.geteuid() != 0:
-        pytest.fail("planting a file owned by another uid needs root (CI runs as root)")
+        pytest.skip("needs root: planting a file owned by another uid (CI runs as root)")
     os.chown(path, OTHER_UID, -1, follow_symlinks=False)
 
 
