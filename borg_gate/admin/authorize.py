@@ -25,7 +25,7 @@ import filelock
 from borg_gate.admin import authkeys, check
 from borg_gate.base import config, statedir
 from borg_gate.base.errors import Refusal, shown
-from borg_gate.conn import keyopts
+from borg_gate.conn import keyhelp, keyopts
 
 MAX_INPUT: Final = 64 << 10
 FROM_RE: Final = re.compile(r"[A-Za-z0-9.:*?!,/%_-]{1,1024}")
@@ -233,7 +233,7 @@ def _backup(path: str, st: os.stat_result) -> None:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    key_parser = keyopts.build_parser()
+    key_parser = keyhelp.build_parser()
     p = argparse.ArgumentParser(
         prog="borg-gate authorize",
         description="Print the authorized_keys line that forces borg-gate for one client's public key, "
