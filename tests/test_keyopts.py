@@ -6,6 +6,7 @@ import math
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -44,6 +45,24 @@ def test_the_table_says_truly_what_borg_serve_gets() -> None:
     # The data: a key's confinement reaches borg serve as the same options, whichever borg serves it.
     passed = {word.partition("=")[0] for word in policy.Confinement(("/a",), ("/b",)).options()}
     assert passed == {o.serve for o in keyopts.OPTIONS if o.serve}
+
+
+def test_policy_applies_every_translation_the_table_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """key_serve_options is where the connection and check translate a key: it must call each one."""
+    named = {o.translated_by for o in keyopts.OPTIONS if o.translated_by}
+    called: list[str] = []
+
+    def recorder(name: str) -> Callable[..., list[str]]:
+        def record(*_: object) -> list[str]:
+            called.append(name)
+            return []
+
+        return record
+
+    for name in named:
+        monkeypatch.setattr(policy, name, recorder(name))
+    policy.key_serve_options(KeyOptions(), None, False)  # type: ignore[arg-type]  # the recorders take any borg
+    assert sorted(called) == sorted(named)
 
 
 def test_every_option() -> None:

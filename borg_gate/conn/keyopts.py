@@ -100,7 +100,9 @@ class KeyOption:
     choices: tuple[str, ...] = ()  # the only values it takes
     # What borg serve gets from it, one of two ways or neither (the gate's own option):
     serve: str | None = None  # data: borg serve's own option it is passed on as, the same for every borg
-    translated_by: str | None = None  # logic: the function of borg_gate.conn.policy that translates it per borg
+    # logic: the function of borg_gate.conn.policy that translates it per borg, or refuses (all of
+    # them applied by policy.key_serve_options); README.md's table "Key permissions per borg version"
+    translated_by: str | None = None
 
     @property
     def dest(self) -> str:
