@@ -93,7 +93,31 @@ def test_every_usable_key_type(keydir: Path, cfg: Path, capsys: pytest.CaptureFi
     assert kl.options.restrict and not any(kl.options.allowed().values())
 
 
+# A value for each option of keyopts' table: a new option needs one here, and authorize must carry it.
+SAMPLE_VALUES: dict[str, str | None] = {
+    "--client": "a",
+    "--config": "/etc/borg-gate/other.toml",
+    "--restrict-to-path": "/srv/borg/{client}",
+    "--restrict-to-repository": "/srv/one",
+    "--append-only": None,
+    "--permissions": "no-delete",
+    "--storage-quota": "500G",
+    "--borg": "borg2",
+    "--max-sessions": "3",
+    "--wait": "2.5",
+    "--supervise": None,
+    "--priority": None,
+    "--max-sessions-per-repo": "1",
+}
+EVERY_OPTION = [word for name, value in SAMPLE_VALUES.items() for word in (name, value) if word is not None]
+
+
+def test_every_option_of_the_table_has_a_sample() -> None:
+    assert set(SAMPLE_VALUES) == set(keyopts.BY_NAME)
+
+
 KEY_OPTION_SETS = [
+    EVERY_OPTION,
     ["--client", "a", "--append-only", "--wait", "1800"],
     ["--client", "a", "--permissions", "no-delete", "--borg", "borg2", "--max-sessions", "1"],
     ["--client", "a", "--restrict-to-path", "/srv/borg/{client}", "--restrict-to-path", "/srv/more"],
@@ -107,9 +131,9 @@ KEY_OPTION_SETS = [
 def test_key_options_come_back_as_the_gate_reads_them(
     keydir: Path, options: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    parser, key_parser = authorize.build_parser()
+    parser = authorize.build_parser()
     ns = parser.parse_args([*options, "--gate", "/opt/borg gate/borg-gate", str(keydir / "ed.pub")])
-    argv = authorize.key_argv(ns, key_parser)
+    argv = authorize.key_argv(ns)
     line = authorize.build_line(ns.gate, argv, authorize.read_public_key(pub(keydir, "ed")), None)
     words, _ = parse_back(line)
     assert words[0] == "/opt/borg gate/borg-gate"

@@ -6,6 +6,7 @@ import math
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from borg_gate.base import patterns
 from borg_gate.base.errors import Kind, Refusal
-from borg_gate.conn import keyopts
+from borg_gate.conn import keyopts, policy
 from borg_gate.conn.keyopts import PERMISSIONS, KeyOptions, Permission, parse_key_options, parse_size
 
 
@@ -27,6 +28,41 @@ def misconfigured(argv: list[str]) -> str:
 
 def test_defaults() -> None:
     assert parse_key_options([]) == KeyOptions()
+
+
+def test_words_are_the_tables_options() -> None:
+    """Words declares its attributes for mypy alone: the table's, in its order, each unset as it says."""
+    assert list(keyopts.Words.__annotations__) == [o.dest for o in keyopts.OPTIONS]
+    assert vars(keyopts.Words()) == {o.dest: o.unset() for o in keyopts.OPTIONS}
+    assert len(keyopts.BY_NAME) == sum(len(o.names) for o in keyopts.OPTIONS)  # no name twice
+
+
+def test_the_table_says_truly_what_borg_serve_gets() -> None:
+    for option in keyopts.OPTIONS:
+        assert not (option.serve and option.translated_by), option  # data or logic, not both
+        if option.translated_by is not None:
+            assert callable(getattr(policy, option.translated_by)), option
+    # The data: a key's confinement reaches borg serve as the same options, whichever borg serves it.
+    passed = {word.partition("=")[0] for word in policy.Confinement(("/a",), ("/b",)).options()}
+    assert passed == {o.serve for o in keyopts.OPTIONS if o.serve}
+
+
+def test_policy_applies_every_translation_the_table_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """key_serve_options is where the connection and check translate a key: it must call each one."""
+    named = {o.translated_by for o in keyopts.OPTIONS if o.translated_by}
+    called: list[str] = []
+
+    def recorder(name: str) -> Callable[..., list[str]]:
+        def record(*_: object) -> list[str]:
+            called.append(name)
+            return []
+
+        return record
+
+    for name in named:
+        monkeypatch.setattr(policy, name, recorder(name))
+    policy.key_serve_options(KeyOptions(), None, False)  # type: ignore[arg-type]  # the recorders take any borg
+    assert sorted(called) == sorted(named)
 
 
 def test_every_option() -> None:
@@ -246,17 +282,7 @@ def test_values_argparse_took(argv: list[str], key: KeyOptions) -> None:
 key_words = st.one_of(
     st.sampled_from(
         [
-            "--client",
-            "--config",
-            "--restrict-to-path",
-            "--restrict-to-repository",
-            "--append-only",
-            "--permissions",
-            "--storage-quota",
-            "--borg",
-            "--max-sessions",
-            "--wait",
-            "--supervise",
+            *keyopts.BY_NAME,  # every option of the table
             "alice",
             "/srv",
             "no-delete",
@@ -310,4 +336,5 @@ def test_help_is_shown_and_exits_zero(flag: str) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout == ""  # not a terminal: stdout may be borg's protocol channel
     assert out.stderr.startswith("usage: borg-gate")
-    assert "--restrict-to-path" in out.stderr and "borg-gate:" not in out.stderr
+    assert "borg-gate:" not in out.stderr
+    assert all(name in out.stderr for option in keyopts.OPTIONS for name in option.names)

@@ -1,7 +1,8 @@
-"""The key line's table parser (keyopts.scan) reads every word as argparse (keyopts.build_parser) does.
+"""The key line's table parser (keyopts.scan) reads every word as argparse (keyhelp.build_parser) does.
 
-argparse stays the reference: it serves ``borg-gate --help`` and authorize's options, and it is
-what key lines were read with before a connection stopped importing it. Same words in, same
+argparse stays the reference for how words are read: it serves ``borg-gate --help`` and
+authorize's options, made from the same table (keyopts.OPTIONS), and it is what key lines were
+read with before a connection stopped importing it. Same words in, same
 values out, or the same refusal in the same words; the one difference is ``--opt=--``, which
 argparse stores as an empty list (keyopts.scan's docstring).
 """
@@ -16,10 +17,10 @@ from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 from borg_gate.base.errors import Kind, Refusal
-from borg_gate.conn import keyopts
+from borg_gate.conn import keyhelp, keyopts
 
-VALUE_OPTIONS = [o for o, (_, kind, _) in keyopts.OPTIONS.items() if kind != keyopts.FLAG]
-NAMES = [*keyopts.OPTIONS, *keyopts.HELP]
+VALUE_OPTIONS = [name for name, o in keyopts.BY_NAME.items() if o.kind != keyopts.FLAG]
+NAMES = [*keyopts.BY_NAME, *keyopts.HELP]
 
 # Words where argparse's reading turns: what looks like an option, a negative number, a space, "--".
 VALUES = [
@@ -37,7 +38,7 @@ words = st.one_of(
 )
 # Mostly options with values they may take, so that many lines are read and their values compared.
 given_option = st.one_of(
-    st.builds(lambda o: [o], st.sampled_from([o for o in keyopts.OPTIONS if o not in VALUE_OPTIONS])),
+    st.builds(lambda o: [o], st.sampled_from([o for o in keyopts.BY_NAME if o not in VALUE_OPTIONS])),
     st.builds(
         lambda o, v, joined: [f"{o}={v}"] if joined else [o, v],
         st.sampled_from(VALUE_OPTIONS),
@@ -51,16 +52,16 @@ key_lines = st.one_of(
 )
 
 
-def test_the_table_has_build_parsers_options() -> None:
+def test_argparse_takes_each_option_as_the_table_says() -> None:
     kinds = {"_StoreAction": keyopts.ONE, "_AppendAction": keyopts.EACH, "_StoreTrueAction": keyopts.FLAG}
     parser = {
         option: (action.dest, kinds[type(action).__name__])
-        for action in keyopts.build_parser()._actions
+        for action in keyhelp.build_parser()._actions
         for option in action.option_strings
         if action.dest != "help"
     }
-    assert parser == {option: (attr, kind) for option, (attr, kind, _) in keyopts.OPTIONS.items()}
-    assert [a.option_strings for a in keyopts.build_parser()._actions if a.dest == "help"] == [list(keyopts.HELP)]
+    assert parser == {name: (o.dest, o.kind) for name, o in keyopts.BY_NAME.items()}
+    assert [a.option_strings for a in keyhelp.build_parser()._actions if a.dest == "help"] == [list(keyopts.HELP)]
 
 
 def outcome(read: Callable[[list[str]], keyopts.Words], argv: list[str]) -> tuple[str, object]:
@@ -82,7 +83,7 @@ RULE_311 = re.compile(r"^-\d+$|^-\d*\.\d+$")
 
 
 def same_number_rule(word: str) -> bool:
-    matcher = keyopts.build_parser()._negative_number_matcher
+    matcher = keyhelp.build_parser()._negative_number_matcher
     return bool(matcher.match(word)) == bool(RULE_311.match(word))
 
 
@@ -96,7 +97,7 @@ def quotes_aside(result: tuple[str, object]) -> tuple[str, object]:
 
 
 def argparse_reads(argv: list[str]) -> keyopts.Words:
-    return keyopts.build_parser().parse_args(argv, keyopts.Words())
+    return keyhelp.build_parser().parse_args(argv, keyopts.Words())
 
 
 @settings(max_examples=3000, deadline=None)
@@ -126,7 +127,7 @@ def test_every_key_line_is_read_or_refused(argv: list[str]) -> None:
 @given(st.one_of(st.sampled_from(VALUES), st.text(alphabet="-h=1٣. \nac", max_size=8), st.text(max_size=8)))
 def test_words_are_told_apart_as_argparse_tells_them(word: str) -> None:
     assume(same_number_rule(word))
-    parser = keyopts.build_parser()
+    parser = keyhelp.build_parser()
     found = parser._parse_optional(word)
     if isinstance(found, list):  # 3.12+: every match, as (action, option string, sep, explicit arg)
         found = (found[0][0], found[0][1], found[0][3]) if len(found) == 1 else (None, word, None)

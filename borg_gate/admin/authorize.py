@@ -25,7 +25,7 @@ import filelock
 from borg_gate.admin import authkeys, check
 from borg_gate.base import config, statedir
 from borg_gate.base.errors import Refusal, shown
-from borg_gate.conn import keyopts
+from borg_gate.conn import keyhelp, keyopts
 
 MAX_INPUT: Final = 64 << 10
 FROM_RE: Final = re.compile(r"[A-Za-z0-9.:*?!,/%_-]{1,1024}")
@@ -81,21 +81,17 @@ def load_input(source: str) -> str:
 # --------------------------------------------------------------------------- the line
 
 
-def key_argv(ns: argparse.Namespace, key_parser: argparse.ArgumentParser) -> list[str]:
-    """The gate's key options, in the key parser's order, from what was given to authorize."""
+def key_argv(ns: argparse.Namespace) -> list[str]:
+    """The gate's key options, in the table's order (keyopts.OPTIONS), from what was given to authorize."""
     out: list[str] = []
-    for action in key_parser._actions:
-        if not action.option_strings or action.dest == "help":
+    for option in keyopts.OPTIONS:
+        value = getattr(ns, option.dest)
+        flag = max(option.names, key=len)
+        if option.kind == keyopts.FLAG:
+            out += [flag] if value else []
             continue
-        value = getattr(ns, action.dest)
-        if value is None or value is False or value == []:
-            continue
-        flag = max(action.option_strings, key=len)
-        if value is True:
-            out.append(flag)
-            continue
-        for item in value if isinstance(value, list) else [value]:
-            out.extend([flag, _number(item) if isinstance(item, float) else str(item)])
+        for item in value if option.kind == keyopts.EACH else [] if value is None else [value]:
+            out += [flag, _number(item) if isinstance(item, float) else str(item)]
     return out
 
 
@@ -232,15 +228,13 @@ def _backup(path: str, st: os.stat_result) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    key_parser = keyopts.build_parser()
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="borg-gate authorize",
         description="Print the authorized_keys line that forces borg-gate for one client's public key, "
         "or install it with --install. Key options are the gate's (see borg-gate --help).",
-        parents=[key_parser],
-        add_help=False,  # the key parser's -h serves; adding another would edit its shared actions
     )
+    keyhelp.add_options(p)  # every key option, from keyopts' table: what the line will say
     p.add_argument("--install", metavar="FILE", help="add or replace the line in this authorized_keys file")
     p.add_argument(
         "--gate", metavar="PATH", default="borg-gate", help="the gate's command (default: borg-gate, found in PATH)"
@@ -248,13 +242,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("--from", dest="source", metavar="PATTERNS", help='add from="PATTERNS" (source addresses)')
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the line, only install it")
     p.add_argument("pubkey", nargs="?", default="-", metavar="PUBKEY_FILE", help="public key file, or - for stdin")
-    return p, key_parser
+    return p
 
 
-def authorize(
-    ns: argparse.Namespace, key_parser: argparse.ArgumentParser
-) -> tuple[str, authkeys.PublicKey, list[check.Finding]]:
-    argv = key_argv(ns, key_parser)
+def authorize(ns: argparse.Namespace) -> tuple[str, authkeys.PublicKey, list[check.Finding]]:
+    argv = key_argv(ns)
     try:
         keyopts.parse_key_options(argv)
     except Refusal as exc:
@@ -275,12 +267,12 @@ def authorize(
 
 
 def main(argv: list[str]) -> int:
-    parser, key_parser = build_parser()
+    parser = build_parser()
     ns = parser.parse_args(argv)
     if ns.client is None:
         parser.error("--client NAME is required: it names the client in budgets, logs and {client}")
     try:
-        line, key, findings = authorize(ns, key_parser)
+        line, key, findings = authorize(ns)
         for finding in findings:
             print(f"borg-gate: {finding.severity}: {finding.message} [{finding.code}]", file=sys.stderr)
         if not ns.quiet:

@@ -51,7 +51,10 @@ SSHD_CONFIG: Final = "/etc/ssh/sshd_config"
 SSHD_DEFAULTS: Final = {"exposeauthinfo": "no", "maxstartups": "10:30:100", "permituserenvironment": "no"}
 NO_LOGIN_SHELLS: Final = frozenset({"/usr/sbin/nologin", "/sbin/nologin", "/bin/false", "/usr/bin/false"})
 MAX_FILE: Final = 64 << 20
-# Options with no use on a borg key: each one is a way in that restrict does not close.
+# borg serve's options that confine it: those the gate passes a key's confinement on as (keyopts' serve).
+CONFINING: Final = tuple(o.serve for o in keyopts.OPTIONS if o.serve)
+# sshd's options with no use on a borg key: each one is a way in that restrict does not close.
+# (The gate's own options, inside command=, are keyopts.OPTIONS.)
 UNUSUAL_OPTIONS: Final = {
     "cert-authority": "trusts every certificate this CA signs, not one key",
     "environment": "sets variables for the gate's process (sshd needs PermitUserEnvironment for it)",
@@ -650,12 +653,12 @@ class FileCheck:
                 self.add(WARNING, "option", f"{name}: {UNUSUAL_OPTIONS[name]}", n)
 
     def borg_serve(self, words: list[str], n: int) -> None:
-        confined = any(w.split("=", 1)[0] in ("--restrict-to-path", "--restrict-to-repository") for w in words[2:])
+        confined = any(w.split("=", 1)[0] in CONFINING for w in words[2:])
         if not confined:
             self.add(
                 ERROR,
                 "unconfined-borg-serve",
-                "forced command is borg serve without --restrict-to-path/--restrict-to-repository: "
+                f"forced command is borg serve without {'/'.join(CONFINING)}: "
                 "this key reaches every repository its user can write",
                 n,
             )
@@ -675,7 +678,7 @@ class FileCheck:
         if argv and argv[0] in cli.ADMIN:
             self.add(ERROR, "admin-command", f"forced command runs the admin command {argv[0]!r} for the client", n)
             return
-        if any(a in ("-h", "--help") for a in argv):
+        if any(a in keyopts.HELP for a in argv):
             self.add(ERROR, "key-options", "the key line asks for --help: every connection fails", n)
             return
         try:
@@ -731,8 +734,7 @@ class FileCheck:
         if borg is None:
             return  # reported with the config
         try:
-            policy.quota_options(key.storage_quota, borg)
-            policy.permission_options(key.permission, borg, False)
+            policy.key_serve_options(key, borg, False)
         except Refusal as exc:
             if borg.features.rest and _serves_rest(key, borg):
                 self.add(WARNING, "not-enforceable", f"only rest:// clients are served: {exc.reason}", n)
@@ -764,8 +766,7 @@ class FileCheck:
 
 def _serves_rest(key: KeyOptions, borg: versions.Borg) -> bool:
     try:
-        policy.quota_options(key.storage_quota, borg)
-        policy.permission_options(key.permission, borg, True)
+        policy.key_serve_options(key, borg, True)
     except Refusal:
         return False
     return True

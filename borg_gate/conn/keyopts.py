@@ -3,22 +3,23 @@
 They come from the host, never from the client, so a mistake in them is a
 misconfiguration: refused with the misconfigured exit code, never a usage dump.
 
-Every connection reads them, so they are read from a table (``OPTIONS``) by ``scan``, which
-takes each word as argparse takes it and refuses with argparse's words: argparse, with the re,
-gettext and enum it imports, costs a connection about 6 ms of CPU (bench/overhead).
-``build_parser`` stays for people: ``borg-gate --help``, and authorize's options; a key line
-asking for help is handed to it. tests/test_keyopts_hypothesis.py holds the two to each other.
+Each option is declared once, in ``OPTIONS``: its names, how often it is given, what its value
+is, its help and what borg serve gets from it. Every connection reads the key line with
+``scan``, which walks that table and takes each word as argparse takes it, refusing with
+argparse's words: argparse, with the re, gettext and enum it imports, costs a connection about
+6 ms of CPU (bench/overhead). keyhelp makes argparse from the same table for people (``borg-gate
+--help``, a key line asking for help) and authorize; check and tests/test_keyopts_docs.py
+(authorized_keys.example, README.md) read it too. tests/test_keyopts_hypothesis.py holds scan to argparse.
 """
 
 from __future__ import annotations
 
 from borg_gate.base import patterns
-from borg_gate.base.errors import Kind, misconfigured, shown
+from borg_gate.base.errors import misconfigured, shown
 from borg_gate.base.values import frozen
 
 TYPE_CHECKING = False  # typing is not imported at run time on the connection path (values)
 if TYPE_CHECKING:
-    import argparse
     from collections.abc import Callable
     from typing import ClassVar, Final, NoReturn
 
@@ -80,71 +81,116 @@ def parse_size(text: str) -> int:
     return int(float(number) * SIZE_FACTORS[unit])
 
 
-# --------------------------------------------------------------------------- the key line's words
-
-
-class Words:
-    """What the key line gave each option before any check: argparse's Namespace for build_parser."""
-
-    def __init__(self) -> None:
-        self.client: str | None = None
-        self.config: str | None = None
-        self.restrict_to_path: list[str] = []
-        self.restrict_to_repository: list[str] = []
-        self.append_only = False
-        self.permissions: str | None = None
-        self.storage_quota: str | None = None
-        self.borg: str | None = None
-        self.max_sessions: int | None = None
-        self.wait: float | None = None
-        self.supervise = False
-        self.priority = False
-        self.max_sessions_per_repo: int | None = None
-
-
-class _Refused(Exception):
-    """A word its option cannot take, in argparse's words."""
-
-
-def _choice(value: str) -> str:
-    if any(p.value == value for p in PERMISSIONS):
-        return value
-    choices = ", ".join(repr(p.value) for p in PERMISSIONS)
-    raise _Refused(f"invalid choice: {value!r} (choose from {choices})")
-
-
-def _number(convert: Callable[[str], object]) -> Callable[[str], object]:
-    def checked(value: str) -> object:
-        try:
-            return convert(value)  # int() and float() themselves: " 3", "1_000", "nan" as argparse takes them
-        except ValueError:
-            raise _Refused(f"invalid {convert.__name__} value: {value!r}") from None
-
-    return checked
-
+# --------------------------------------------------------------------------- the table
 
 FLAG: Final = 0  # takes no value: sets True
 ONE: Final = 1  # takes a value: the last one counts
 EACH: Final = 2  # takes a value each time it is given: all count, in order
 
-# option -> (Words attribute, FLAG/ONE/EACH, what makes the word its value: never called for a FLAG),
-# build_parser's options exactly.
-OPTIONS: Final[dict[str, tuple[str, int, Callable[[str], object]]]] = {
-    "--client": ("client", ONE, str),
-    "--config": ("config", ONE, str),
-    "--restrict-to-path": ("restrict_to_path", EACH, str),
-    "--restrict-to-repository": ("restrict_to_repository", EACH, str),
-    "--append-only": ("append_only", FLAG, str),
-    "--permissions": ("permissions", ONE, _choice),
-    "--storage-quota": ("storage_quota", ONE, str),
-    "--borg": ("borg", ONE, str),
-    "--max-sessions": ("max_sessions", ONE, _number(int)),
-    "--wait": ("wait", ONE, _number(float)),
-    "--supervise": ("supervise", FLAG, str),
-    "--priority": ("priority", FLAG, str),
-    "--max-sessions-per-repo": ("max_sessions_per_repo", ONE, _number(int)),
-}
+
+@frozen
+class KeyOption:
+    """One option of the key line. OPTIONS declares each once; everything else about them is read from it."""
+
+    names: tuple[str, ...]  # as the key line spells it; authorize writes the longest
+    kind: int  # FLAG, ONE or EACH
+    help: str  # its line in --help
+    metavar: str | None = None  # its value in --help and authorized_keys.example; None for a flag or a choice
+    convert: Callable[[str], object] = str  # int, float or str: argparse's type=, refused in argparse's words
+    choices: tuple[str, ...] = ()  # the only values it takes
+    # What borg serve gets from it, one of two ways or neither (the gate's own option):
+    serve: str | None = None  # data: borg serve's own option it is passed on as, the same for every borg
+    # logic: the function of borg_gate.conn.policy that translates it per borg, or refuses (all of
+    # them applied by policy.key_serve_options); README.md's table "Key permissions per borg version"
+    translated_by: str | None = None
+
+    @property
+    def dest(self) -> str:
+        """Its attribute in Words (argparse's dest: the first name without dashes)."""
+        return self.names[0].lstrip("-").replace("-", "_")
+
+    def unset(self) -> object:
+        """What Words holds for it while the key line does not give it."""
+        return [] if self.kind == EACH else None if self.kind == ONE else False
+
+
+# In --help's order. A new option is added here, to Words and to parse_key_options (which says what
+# it means); tests/test_keyopts_docs.py then asks for it in authorized_keys.example and README.md.
+OPTIONS: Final = (
+    KeyOption(("--client",), ONE, "identity for budgets, logs and {client} (default: unix user)", "NAME"),
+    KeyOption(("--config",), ONE, "config file (default: $BORG_GATE_CONFIG, else /etc/borg-gate/config.toml)", "PATH"),
+    KeyOption(
+        ("--restrict-to-path",),
+        EACH,
+        "confine to repositories under PATH (repeatable; {client} expands)",
+        "PATH",
+        serve="--restrict-to-path",
+    ),
+    KeyOption(
+        ("--restrict-to-repository",),
+        EACH,
+        "confine to exactly the repository at PATH (repeatable; {client} expands)",
+        "PATH",
+        serve="--restrict-to-repository",
+    ),
+    KeyOption(
+        ("--append-only",),
+        FLAG,
+        "no deletions: borg 1.x --append-only, borg 2 --permissions=no-delete",
+        translated_by="permission_options",
+    ),
+    KeyOption(
+        ("--permissions",),
+        ONE,
+        "repository permissions",
+        choices=tuple(p.value for p in PERMISSIONS),
+        translated_by="permission_options",
+    ),
+    KeyOption(
+        ("--storage-quota",),
+        ONE,
+        "repository quota, e.g. 500G (borg 1.x, 2.0b1-b9)",
+        "SIZE",
+        translated_by="quota_options",
+    ),
+    KeyOption(("--borg",), ONE, "binary from [borg.binaries] serving a client that asks for plain borg", "NAME"),
+    KeyOption(("--max-sessions",), ONE, "this client's concurrent sessions", "N", int),
+    KeyOption(("--wait",), ONE, "how long this key's connections may queue", "SECONDS", float),
+    KeyOption(("--supervise",), FLAG, "run borg serve as a child and log session.ended"),
+    KeyOption(("--priority",), FLAG, "may take reserved host slots; waits ahead of normal keys (restores)"),
+    KeyOption(("--max-sessions-per-repo",), ONE, "concurrent sessions per repository the gate knows", "N", int),
+)
+BY_NAME: Final = {name: option for option in OPTIONS for name in option.names}
 HELP: Final = ("-h", "--help")
+
+
+# --------------------------------------------------------------------------- the key line's words
+
+
+class Words:
+    """What the key line gave each option before any check: one attribute per OPTIONS entry, its dest.
+
+    Declared here for mypy only (parse_key_options reads them typed); __init__ makes them from
+    OPTIONS, and tests/test_keyopts.py holds the two to each other. argparse's Namespace for --help.
+    """
+
+    client: str | None
+    config: str | None
+    restrict_to_path: list[str]
+    restrict_to_repository: list[str]
+    append_only: bool
+    permissions: str | None
+    storage_quota: str | None
+    borg: str | None
+    max_sessions: int | None
+    wait: float | None
+    supervise: bool
+    priority: bool
+    max_sessions_per_repo: int | None
+
+    def __init__(self) -> None:
+        for option in OPTIONS:
+            setattr(self, option.dest, option.unset())
 
 
 def _negative_number(word: str) -> bool:
@@ -164,12 +210,12 @@ def _option(word: str) -> tuple[str, str | None] | None:
     """
     if not word.startswith("-"):
         return None
-    if word in OPTIONS or word in HELP:
+    if word in BY_NAME or word in HELP:
         return word, None
     if len(word) == 1:
         return None
     name, eq, value = word.partition("=")
-    if eq and (name in OPTIONS or name in HELP):
+    if eq and (name in BY_NAME or name in HELP):
         return name, value
     if word.startswith("-h"):
         return "-h", word[2:]
@@ -182,8 +228,20 @@ def _refuse(message: str) -> NoReturn:
     raise misconfigured(f"key line: {shown(message, 160)}")
 
 
+def _value(option: KeyOption, word: str) -> object:
+    """The word as the option's value, or refused as argparse refuses it (its _get_value, _check_value)."""
+    try:
+        value = option.convert(word)  # int() and float() themselves: " 3", "1_000", "nan" as argparse takes them
+    except ValueError:
+        _refuse(f"argument {'/'.join(option.names)}: invalid {option.convert.__name__} value: {word!r}")
+    if option.choices and value not in option.choices:
+        choices = ", ".join(repr(c) for c in option.choices)  # Python 3.11's argparse's words (Debian 12)
+        _refuse(f"argument {'/'.join(option.names)}: invalid choice: {value!r} (choose from {choices})")
+    return value
+
+
 def scan(argv: list[str]) -> Words:
-    """The key line's words by option, refused where argparse (build_parser) refuses, and as it says.
+    """The key line's words by option, refused where argparse (keyhelp.build_parser) refuses, and as it says.
 
     Except ``--opt=--``: argparse drops the ``--`` and stores an empty list, which later checks
     took for a value (or crashed on); here it is a missing value, as ``--opt --`` is.
@@ -197,118 +255,33 @@ def scan(argv: list[str]) -> Words:
         if word == "--":  # the rest are values, and no option takes them
             extras += argv[i - 1 :]
             break
-        option = _option(word)
-        if option is None or not option[0]:
+        found = _option(word)
+        if found is None or not found[0]:
             extras.append(word)
             continue
-        name, value = option
+        name, value = found
         if name in HELP:
-            return build_parser().parse_args(argv, Words())  # a person: argparse prints help and exits
-        attr, kind, convert = OPTIONS[name]
-        if kind == FLAG:
+            from borg_gate.conn import keyhelp  # argparse: only for a person asking
+
+            return keyhelp.build_parser().parse_args(argv, Words())  # prints help and exits
+        option = BY_NAME[name]
+        if option.kind == FLAG:
             if value is not None:
-                _refuse(f"argument {name}: ignored explicit argument {value!r}")
-            setattr(words, attr, True)
+                _refuse(f"argument {'/'.join(option.names)}: ignored explicit argument {value!r}")
+            setattr(words, option.dest, True)
             continue
         if value is None and i < len(argv) and argv[i] != "--" and _option(argv[i]) is None:
             value = argv[i]
             i += 1
         if value is None or value == "--":
-            _refuse(f"argument {name}: expected one argument")
-        try:
-            converted = convert(value)
-        except _Refused as exc:
-            _refuse(f"argument {name}: {exc}")
-        if kind == EACH:
-            getattr(words, attr).append(converted)
+            _refuse(f"argument {'/'.join(option.names)}: expected one argument")
+        if option.kind == EACH:
+            getattr(words, option.dest).append(_value(option, value))
         else:
-            setattr(words, attr, converted)
+            setattr(words, option.dest, _value(option, value))
     if extras:
         _refuse("unrecognized arguments: " + " ".join(extras))
     return words
-
-
-# --------------------------------------------------------------------------- for people: --help
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The key options for people (``borg-gate --help``, authorize), agreeing with OPTIONS."""
-    import argparse
-    import os
-    import sys
-
-    class Formatter(argparse.HelpFormatter):
-        # argparse's default asks shutil for the terminal width: importing shutil (bz2, lzma, …)
-        # costs ~2-3 ms for help text a key line's error never prints. os alone can ask.
-        def __init__(self, prog: str) -> None:
-            try:
-                width = os.get_terminal_size(2).columns - 2
-            except OSError:
-                width = 78
-            super().__init__(prog, width=width)
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> NoReturn:
-            _refuse(message)
-
-        def print_help(self, file: object = None) -> None:
-            # stdout is borg's protocol channel: help goes there only for a person at a terminal.
-            super().print_help(sys.stdout if sys.stdout.isatty() else sys.stderr)
-
-    p = Parser(
-        prog="borg-gate",
-        formatter_class=Formatter,
-        description=(
-            "Forced command for borg repositories: vets SSH_ORIGINAL_COMMAND, confines the key, "
-            "takes a session slot and execs borg serve. Put it in authorized_keys as "
-            'command="borg-gate --client NAME …",restrict ssh-ed25519 AAAA…. '
-            "Admin commands: borg-gate status | metrics | repos | check | authorize (see borg-gate CMD --help)."
-        ),
-        epilog=(
-            "A refused connection gets one line on stderr and one of these exit codes: "
-            + ", ".join(f"{kind.value} {kind.label}" for kind in Kind)
-            + "; after exec the exit code is borg serve's."
-        ),
-        allow_abbrev=False,
-    )
-    p.add_argument("--client", metavar="NAME", help="identity for budgets, logs and {client} (default: unix user)")
-    p.add_argument(
-        "--config", metavar="PATH", help="config file (default: $BORG_GATE_CONFIG, else /etc/borg-gate/config.toml)"
-    )
-    p.add_argument(
-        "--restrict-to-path",
-        metavar="PATH",
-        action="append",
-        default=[],
-        help="confine to repositories under PATH (repeatable; {client} expands)",
-    )
-    p.add_argument(
-        "--restrict-to-repository",
-        metavar="PATH",
-        action="append",
-        default=[],
-        help="confine to exactly the repository at PATH (repeatable; {client} expands)",
-    )
-    p.add_argument(
-        "--append-only",
-        action="store_true",
-        help="no deletions: borg 1.x --append-only, borg 2 --permissions=no-delete",
-    )
-    p.add_argument("--permissions", choices=[m.value for m in PERMISSIONS], help="repository permissions")
-    p.add_argument("--storage-quota", metavar="SIZE", help="repository quota, e.g. 500G (borg 1.x, 2.0b1-b9)")
-    p.add_argument(
-        "--borg", metavar="NAME", help="binary from [borg.binaries] serving a client that asks for plain borg"
-    )
-    p.add_argument("--max-sessions", metavar="N", type=int, help="this client's concurrent sessions")
-    p.add_argument("--wait", metavar="SECONDS", type=float, help="how long this key's connections may queue")
-    p.add_argument("--supervise", action="store_true", help="run borg serve as a child and log session.ended")
-    p.add_argument(
-        "--priority", action="store_true", help="may take reserved host slots; waits ahead of normal keys (restores)"
-    )
-    p.add_argument(
-        "--max-sessions-per-repo", metavar="N", type=int, help="concurrent sessions per repository the gate knows"
-    )
-    return p
 
 
 def _path(option: str, value: str) -> str:

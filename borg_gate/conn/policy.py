@@ -119,6 +119,15 @@ def quota_options(quota: int | None, borg: Borg) -> list[str]:
     return [f"--storage-quota={quota}"]
 
 
+def key_serve_options(key: KeyOptions, borg: Borg, rest: bool) -> list[str]:
+    """borg serve's options for all a key says that each borg takes its own way, or refused.
+
+    The translations keyopts.OPTIONS names (translated_by), in one place: the connection and
+    check apply the same ones, in the same order, so check refuses with the connection's reason.
+    """
+    return [*permission_options(key.permission, borg, rest), *quota_options(key.storage_quota, borg)]
+
+
 def serve_argv(request: ClientRequest, borg: Borg, where: Confinement, key: KeyOptions) -> tuple[str, ...]:
     if request.rest and not borg.features.rest:
         raise not_allowed(f"{borg.spec.name} (borg {borg.version}) does not serve rest:// repositories")
@@ -133,8 +142,7 @@ def serve_argv(request: ClientRequest, borg: Borg, where: Confinement, key: KeyO
         *mode,
         *request.serve_options(),
         *where.options(),
-        *permission_options(key.permission, borg, request.rest),
-        *quota_options(key.storage_quota, borg),
+        *key_serve_options(key, borg, request.rest),
     )
 
 
