@@ -156,6 +156,6 @@ def test_each_step_of_the_usual_path_loads_only_allowed_modules(what: str, code:
 def test_the_on_demand_paths_are_the_ones_named() -> None:
     quoted = stdlib(python("from borg_gate.conn import command\ncommand.parse_command(\"borg serve '--info'\")"))
     assert {"shlex", "re"} <= quoted  # quoting still goes through shlex
-    help_text = stdlib(python("from borg_gate.conn import keyopts\nkeyopts.build_parser().format_help()"))
+    help_text = stdlib(python("from borg_gate.conn import keyhelp\nkeyhelp.build_parser().format_help()"))
     assert "argparse" in help_text
     assert set(ON_DEMAND).isdisjoint(ALLOWED)
