@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from borg_gate.conn import slots  # noqa: E402
 from borg_gate.conn.policy import Budget  # noqa: E402
 from tests.slots_support import Site, hold_slot  # noqa: E402
+from tests.waiting import wait_for  # noqa: E402
 
 WRAPPER = ROOT / "bench" / "pgrep_wrapper"
 FAKESSH = ROOT / "bench" / "storm_fakessh"
@@ -67,7 +68,7 @@ def hold_slots(site: Site, names: list[str]) -> list[int]:
 def queue_up(site: Site, n: int, clients: int, env: Mapping[str, str]) -> None:
     for i in range(n):
         site.spawn(f"c{i % clients}", env=env)
-        site.wait_for(lambda i=i: site.usage()[0].waiters == i + 1, "the queue to grow", timeout=120)
+        wait_for(lambda i=i: site.usage()[0].waiters == i + 1, "the queue to grow", timeout=120)  # type: ignore[misc]
 
 
 # 1 ------------------------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ def waiters_cpu(base: Path, n: int, window: float) -> None:
     (fd,) = hold_slots(site, ["slot.host.0"])
     for i in range(n):
         site.spawn(f"c{i % 10}", env={"LC_SLOTS_SECONDS": "0"})
-    site.wait_for(lambda: site.usage()[0].waiters == n, f"{n} waiters", timeout=300)
+    wait_for(lambda: site.usage()[0].waiters == n, f"{n} waiters", timeout=300)
     time.sleep(1)  # let the last ones finish announcing
     pids = [g.pid for g in site.gates]
     before = sum(cpu_ns(p) for p in pids)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.observability_support import wait_for
+from tests.waiting import wait_for
 
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 # 127.0.0.1 only, whatever http_proxy the environment sets

@@ -14,14 +14,14 @@ import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from borg_gate.admin import slotstatus
 from tests.eventlog import read_events
 from tests.recorder import GATE, SSHD_ENV, Host
+from tests.waiting import wait_for
 
 HOLD_BORG = r"""#!/usr/bin/python3 -IS
 import os, signal, sys
@@ -46,8 +46,6 @@ while todo > 0:
 sys.exit(int(opts.get("exit", "0")))
 """
 
-T = TypeVar("T")
-
 
 def hold_host(root: Path, **config: Any) -> Host:
     host = Host(root, **config)
@@ -70,18 +68,6 @@ def start_gate(
         env=full_env,
         cwd=host.root,
     )
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    """Poll a condition until it holds; a deadline turns a hang into a failure that says what."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def read_line(proc: subprocess.Popen[bytes]) -> bytes:

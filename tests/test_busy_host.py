@@ -11,6 +11,7 @@ import pytest
 
 from borg_gate.base.errors import Kind
 from tests.slots_support import Hold, Site, assert_all_free, hold_slot
+from tests.waiting import wait_for
 
 
 def started_order(site: Site) -> list[int]:
@@ -24,12 +25,12 @@ def test_a_hold_lets_running_sessions_go_on_and_queues_new_ones_until_the_releas
     site = Site(tmp_path / "host", max_sessions=4, per_client=4)
     hold = Hold(tmp_path / "hold")
     running = site.spawn("alice", hold=hold)
-    site.wait_for(lambda: running.pid in site.started(), "the running session")
+    wait_for(lambda: running.pid in site.started(), "the running session")
     done = site.admin("hold", "--reason", "disk swap")
     assert done.returncode == 0 and done.stdout == "holding host: disk swap\n", done
     waiters = [site.spawn(c, env={"LC_SLOTS_SECONDS": "0"}) for c in ("bob", "carol", "dave")]
     for g in waiters:
-        site.wait_for(lambda g=g: "on hold" in g.stderr(), "the hold line")  # type: ignore[misc]
+        wait_for(lambda g=g: "on hold" in g.stderr(), "the hold line")  # type: ignore[misc]
     refused = site.spawn("erin", "--wait", "0")
     assert refused.wait(60) == Kind.BUSY
     assert refused.stderr() == "borg-gate: server busy: on hold: disk swap; waited 0.0 s\n"
@@ -52,7 +53,7 @@ def test_release_lets_the_queue_go_on_in_arrival_order(tmp_path: Path) -> None:
     gates = []
     for n, client in enumerate(["a", "b", "c", "a", "b"]):
         gates.append(site.spawn(client, env={"LC_SLOTS_SECONDS": "0"}))
-        site.wait_for(lambda n=n: site.usage()[0].waiters == n + 1, "it to queue")  # type: ignore[misc]
+        wait_for(lambda n=n: site.usage()[0].waiters == n + 1, "it to queue")  # type: ignore[misc]
     assert site.admin("release").returncode == 0
     assert [g.wait(60) for g in gates] == [0] * 5
     assert started_order(site) == [g.pid for g in gates]
@@ -64,7 +65,7 @@ def test_a_client_hold_holds_that_client_only(tmp_path: Path) -> None:
     alice = site.spawn("alice", env={"LC_SLOTS_SECONDS": "0"})
     bob = site.spawn("bob", env={"LC_SLOTS_SECONDS": "0"})
     assert bob.wait(60) == 0
-    site.wait_for(lambda: "on hold" in alice.stderr(), "alice's hold line")
+    wait_for(lambda: "on hold" in alice.stderr(), "alice's hold line")
     assert alice.proc.poll() is None
     assert site.admin("release", "--client", "alice").returncode == 0
     assert alice.wait(60) == 0
@@ -130,7 +131,7 @@ def test_drain_waits_for_the_last_session_and_times_out_naming_what_runs(tmp_pat
     site = Site(tmp_path / "host", max_sessions=4, per_client=4)
     hold = Hold(tmp_path / "hold")
     running = site.spawn("alice", hold=hold)
-    site.wait_for(lambda: running.pid in site.started(), "the running session")
+    wait_for(lambda: running.pid in site.started(), "the running session")
     timed_out = site.admin("hold", "--drain", "--timeout", "0.5", "--reason", "snapshot")
     assert timed_out.returncode == 1
     assert f"pid {running.pid} client alice slot.host." in timed_out.stdout
@@ -163,11 +164,11 @@ def test_priority_takes_a_reserved_slot_while_normal_keys_queue(tmp_path: Path) 
     site = Site(tmp_path / "host", max_sessions=2, per_client=4, reserved=1)
     hold = Hold(tmp_path / "hold")
     normal = site.spawn("a", hold=hold)
-    site.wait_for(lambda: normal.pid in site.started(), "the normal session")
+    wait_for(lambda: normal.pid in site.started(), "the normal session")
     queued = site.spawn("b", env={"LC_SLOTS_SECONDS": "0"})
-    site.wait_for(lambda: site.usage()[0].waiters == 1, "a normal waiter (slot 1 is reserved)")
+    wait_for(lambda: site.usage()[0].waiters == 1, "a normal waiter (slot 1 is reserved)")
     restore = site.spawn("c", "--priority", hold=hold)
-    site.wait_for(lambda: restore.pid in site.started(), "the priority session")
+    wait_for(lambda: restore.pid in site.started(), "the priority session")
     assert "slot.host.1" in site.started()[restore.pid]
     host = site.usage()[0]
     assert (host.reserved, host.reserved_in_use) == (1, 1)
@@ -181,9 +182,9 @@ def test_priority_waiters_go_before_earlier_normal_ones(tmp_path: Path) -> None:
     site = Site(tmp_path / "host", max_sessions=1, per_client=8)
     fd = hold_slot(site, "slot.host.0")
     normal = [site.spawn(f"n{i}", env={"LC_SLOTS_SECONDS": "0"}) for i in range(2)]
-    site.wait_for(lambda: site.usage()[0].waiters == 2, "two normal waiters")
+    wait_for(lambda: site.usage()[0].waiters == 2, "two normal waiters")
     prio = [site.spawn(f"p{i}", "--priority", env={"LC_SLOTS_SECONDS": "0"}) for i in range(2)]
-    site.wait_for(lambda: site.usage()[0].priority_waiters == 2, "two priority waiters")
+    wait_for(lambda: site.usage()[0].priority_waiters == 2, "two priority waiters")
     os.close(fd)
     assert [g.wait(60) for g in normal + prio] == [0] * 4
     order = started_order(site)
@@ -208,13 +209,13 @@ def test_sessions_of_one_repository_queue_however_it_is_spelt(tmp_path: Path) ->
     (site.root / "alias").symlink_to(repo)
     hold = Hold(tmp_path / "hold")
     first = site.spawn("a", "--restrict-to-repository", str(repo), hold=hold)
-    site.wait_for(lambda: first.pid in site.started(), "the first session of the repository")
+    wait_for(lambda: first.pid in site.started(), "the first session of the repository")
     second = site.spawn("b", "--restrict-to-repository", str(site.root / "alias"), env={"LC_SLOTS_SECONDS": "0"})
     other = site.spawn(
         "c", "--restrict-to-repository", str(site.root / "repos" / "other"), env={"LC_SLOTS_SECONDS": "0"}
     )
     assert other.wait(60) == 0  # another repository: not in that queue
-    site.wait_for(lambda: "waiting" in second.stderr(), "the second session of the repository to wait")
+    wait_for(lambda: "waiting" in second.stderr(), "the second session of the repository to wait")
     assert second.stderr() == f"borg-gate: waiting for a session slot ({repo} 1/1 in use)…\n"
     (queued,) = site.events("session.queued")
     assert (queued["budget"], queued["in_use"], queued["limit"]) == ("repo", 1, 1)
@@ -232,7 +233,7 @@ def test_a_key_may_allow_more_sessions_per_repository(tmp_path: Path) -> None:
     gates = [
         site.spawn(c, "--restrict-to-repository", str(repo), "--max-sessions-per-repo", "2", hold=hold) for c in "ab"
     ]
-    site.wait_for(lambda: len(site.started()) == 2, "both sessions")
+    wait_for(lambda: len(site.started()) == 2, "both sessions")
     hold.release()
     assert [g.wait(60) for g in gates] == [0, 0]
 
@@ -242,7 +243,7 @@ def test_no_repository_queue_where_the_gate_cannot_know_the_repository(tmp_path:
     site = Site(tmp_path / "host", max_sessions=8, per_client=8)
     hold = Hold(tmp_path / "hold")
     gates = [site.spawn(c, *key, hold=hold) for c in "ab"]
-    site.wait_for(lambda: len(site.started()) == 2, "both sessions")
+    wait_for(lambda: len(site.started()) == 2, "both sessions")
     assert [u for u in site.usage() if u.kind == "repo"] == []
     hold.release()
     assert [g.wait(60) for g in gates] == [0, 0]

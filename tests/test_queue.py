@@ -13,6 +13,7 @@ from borg_gate.base.errors import Kind
 from borg_gate.conn import slots
 from borg_gate.conn.policy import Budget
 from tests.slots_support import Gate, Hold, Site, assert_all_free, hold_slot
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def queue_up(site: Site, clients: list[str], **kwargs: object) -> list[Gate]:
     gates = []
     for n, client in enumerate(clients, start=1):
         gates.append(site.spawn(client, **kwargs))  # type: ignore[arg-type]
-        site.wait_for(lambda n=n: site.usage()[0].waiters == n, f"{n} waiters")  # type: ignore[misc]
+        wait_for(lambda n=n: site.usage()[0].waiters == n, f"{n} waiters")  # type: ignore[misc]
     return gates
 
 
@@ -41,7 +42,7 @@ def start_order(site: Site) -> list[int]:
 def test_grants_follow_arrival_order_across_clients(site: Site) -> None:
     (fd,) = block_host(site)
     gates = queue_up(site, ["a", "b", "a", "c", "b", "a", "c", "d"], env={"LC_SLOTS_SECONDS": "0"})
-    site.wait_for(lambda: len(site.events("session.queued")) == 8, "every waiter to say so")
+    wait_for(lambda: len(site.events("session.queued")) == 8, "every waiter to say so")
     positions = {e["pid"]: e["position"] for e in site.events("session.queued")}
     assert [positions[g.pid] for g in gates] == list(range(1, 9))
     os.close(fd)
@@ -60,7 +61,7 @@ def test_kill_9_of_waiters_leaves_the_queue_intact(site: Site) -> None:
     survivors = [g for g in gates if g not in doomed]
     assert site.usage()[0].waiters == len(survivors)
     late = site.spawn("g", env={"LC_SLOTS_SECONDS": "0"})
-    site.wait_for(lambda: site.usage()[0].waiters == len(survivors) + 1, "the late one to queue")
+    wait_for(lambda: site.usage()[0].waiters == len(survivors) + 1, "the late one to queue")
     os.close(fd)
     assert [g.wait(120) for g in [*survivors, late]] == [0, 0, 0]
     assert start_order(site) == [g.pid for g in [*survivors, late]]
@@ -92,9 +93,9 @@ def test_a_client_at_its_limit_waits_while_others_are_served(tmp_path: Path) -> 
     site = Site(tmp_path / "host", max_sessions=3, per_client=1)
     hold = Hold(tmp_path / "hold")
     alice = site.spawn("alice", hold=hold)
-    site.wait_for(lambda: alice.pid in site.started(), "alice's session")
+    wait_for(lambda: alice.pid in site.started(), "alice's session")
     alice_again = site.spawn("alice", env={"LC_SLOTS_SECONDS": "0"})
-    site.wait_for(lambda: site.usage()[1].waiters == 1, "alice's second connection to queue")
+    wait_for(lambda: site.usage()[1].waiters == 1, "alice's second connection to queue")
     # Bob is served while alice's second connection waits for her own slot, holding no host slot.
     bob = site.spawn("bob", env={"LC_SLOTS_SECONDS": "0"})
     assert bob.wait(60) == 0
@@ -116,7 +117,7 @@ def test_a_budget_bigger_than_the_thread_cap_still_admits_on_its_last_slot(tmp_p
     site = Site(tmp_path / "host", max_sessions=limit, per_client=1)
     fds = block_host(site, limit)
     gate = site.spawn("alice", env={"LC_SLOTS_SECONDS": "0"})
-    site.wait_for(lambda: site.usage()[0].waiters == 1, "the gate to queue")
+    wait_for(lambda: site.usage()[0].waiters == 1, "the gate to queue")
     os.close(fds.pop())  # the one slot no thread blocks on: found by the re-check
     assert gate.wait(60) == 0
     assert site.started()[gate.pid] == ["slot.client.alice.0", f"slot.host.{limit - 1}"]

@@ -19,6 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from borg_gate.base.errors import Kind
 from tests.slots_support import Gate, Hold, Site, assert_all_free, ticket_holders
+from tests.waiting import wait_for
 
 HOST, PER_CLIENT = 2, 1
 
@@ -46,7 +47,7 @@ class Connections(RuleBasedStateMachine):
 
     def settle(self, gate: Gate) -> None:
         """Until it runs, waits in a queue, or is gone: where the next rule can find it."""
-        self.site.wait_for(
+        wait_for(
             lambda: (
                 gate.proc.poll() is not None or gate.pid in self.site.started() or gate.pid in waiting_pids(self.site)
             ),
@@ -88,7 +89,7 @@ class Connections(RuleBasedStateMachine):
         if gate is None or gate.pid in self.site.started():
             return  # a running borg serve notices by itself; nothing of ours to check
         gate.hang_up()
-        self.site.wait_for(lambda: gate.proc.poll() is not None or gate.pid in self.site.started(), "it to leave")
+        wait_for(lambda: gate.proc.poll() is not None or gate.pid in self.site.started(), "it to leave")
         if gate.proc.poll() is not None:
             self.fate[gate.pid] = "hung-up"
             assert gate.wait() == Kind.CLIENT_GONE

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from borg_gate.base.errors import Kind
-from tests.observability_support import events, hold_host, start_gate, stop, wait_for, wait_ready
+from tests.observability_support import events, hold_host, start_gate, stop, wait_ready
 from tests.recorder import GATE, SSHD_ENV, Host
+from tests.waiting import wait_for
 
 SIGNALS = [
     signal.SIGINT,

@@ -19,6 +19,7 @@ from borg_gate.base.errors import Kind, Refusal
 from borg_gate.conn import slots
 from borg_gate.conn.policy import Budget
 from tests.slots_support import Hold, Site, assert_all_free, hold_slot
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -116,7 +117,7 @@ def test_versions_cache_lives_in_the_state_dir(site: Site) -> None:
 def test_borg_serve_holds_its_slots_and_status_can_read_them(site: Site) -> None:
     hold = Hold(site.root / "hold")
     gate = site.spawn("alice", hold=hold)
-    site.wait_for(lambda: gate.pid in site.started(), "the recorder to start")
+    wait_for(lambda: gate.pid in site.started(), "the recorder to start")
     assert sorted(site.started()[gate.pid]) == ["slot.client.alice.0", "slot.host.0"]
 
     (started,) = site.events("session.started")
@@ -144,7 +145,7 @@ def test_borg_serve_holds_its_slots_and_status_can_read_them(site: Site) -> None
 def test_kill_9_of_borg_serve_frees_its_slot_at_once(site: Site) -> None:
     hold = Hold(site.root / "hold")
     first = site.spawn("alice", hold=hold)
-    site.wait_for(lambda: first.pid in site.started(), "the recorder to start")
+    wait_for(lambda: first.pid in site.started(), "the recorder to start")
     refused = site.spawn("bob", "--wait", "0")
     assert refused.wait(60) == Kind.BUSY
 
@@ -231,7 +232,7 @@ def test_snapshot_never_disturbs_a_connection(site: Site) -> None:
 def test_snapshot_counts_waiters_and_a_client_slot_held_while_queued(site: Site) -> None:
     fd = hold_slot(site, "slot.host.0")
     gate = site.spawn("alice")
-    site.wait_for(lambda: site.usage()[0].waiters == 1, "the gate to queue")
+    wait_for(lambda: site.usage()[0].waiters == 1, "the gate to queue")
     host, alice = site.usage()
     assert host.holders[0].pid == os.getpid() and host.holders[0].client is None  # ours: no record
     (queued,) = alice.holders

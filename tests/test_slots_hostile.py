@@ -23,6 +23,7 @@ from borg_gate.base.errors import Kind, Refusal
 from tests import test_slots_users
 from tests.slots_support import Hold, Site, apply_tmpfiles, assert_all_free
 from tests.test_slots_users import GROUP, USERS, as_user, shared_site
+from tests.waiting import wait_for
 
 shared_root = test_slots_users.shared_root  # the fixture: the two users exist, and a /tmp dir they can reach
 
@@ -173,7 +174,7 @@ def test_the_review_bypass_a_planted_unlinked_slot_name_no_longer_admits_anyone(
         assert member.do("create", name, mode=0o666) == "ok"
     hold = Hold(site.root / "hold")
     first = site.spawn("alice", hold=hold)
-    site.wait_for(lambda: first.pid in site.started(), "the first session")
+    wait_for(lambda: first.pid in site.started(), "the first session")
     for name in victim_names(site)[:4]:
         assert member.do("unlink", name) == "ok"  # hers: allowed, and meaningless
     assert member.do("create", "mine", mode=0o666) == "ok"
@@ -250,7 +251,7 @@ def test_planted_records_of_the_victim_change_nothing_and_are_not_believed(
             assert member.do("link", name, src="locks") == "ok"
     hold = Hold(site.root / "hold")
     gate = site.spawn("alice", hold=hold)
-    site.wait_for(lambda: gate.pid in site.started(), "the session")
+    wait_for(lambda: gate.pid in site.started(), "the session")
     host = site.usage()[0]
     assert len(host.holders) == 1 and host.holders[0].client is None  # no record of the victim's to show
     assert host.holders[0].pid == gate.pid  # as root, status traced the lock to its process
@@ -264,7 +265,7 @@ def test_a_forged_record_is_not_believed(pair: tuple[Site, Member]) -> None:
     site, member = pair
     hold = Hold(site.root / "hold")
     gate = site.spawn("alice", hold=hold)
-    site.wait_for(lambda: gate.pid in site.started(), "the session")
+    wait_for(lambda: gate.pid in site.started(), "the session")
     forged = {"pid": gate.pid, "client": "mallory", "conn": "forged", "started": 9e9, "limit": 1}
     name = f"rec.host.0.{member.uid}"
     assert member.do("create", name, mode=0o644) == "ok"
@@ -281,13 +282,13 @@ def test_garbage_in_the_ticket_counters_costs_order_never_a_slot(pair: tuple[Sit
     site, member = pair
     hold = Hold(site.root / "hold")
     first = site.spawn("alice", hold=hold)
-    site.wait_for(lambda: first.pid in site.started(), "the first session")
+    wait_for(lambda: first.pid in site.started(), "the first session")
     waiters = []
     for n in range(4):
         data = (b"\xff" * 8 if n % 2 else b"\x00" * 8) * 4096  # all counters: to the top, then back to zero
         assert member.do("write", "locks", data=data.hex()) == "ok"
         waiters.append(site.spawn(f"c{n}", env={"LC_SLOTS_SECONDS": "0.1"}))
-        site.wait_for(lambda n=n: site.usage()[0].waiters == n + 1, f"{n + 1} waiters")  # type: ignore[misc]
+        wait_for(lambda n=n: site.usage()[0].waiters == n + 1, f"{n + 1} waiters")  # type: ignore[misc]
     assert member.do("truncate", "locks", size=0) == "ok"
     hold.release()
     assert first.wait(60) == 0

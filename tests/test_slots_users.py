@@ -20,6 +20,7 @@ import pytest
 from borg_gate.base.errors import Kind
 from tests.hostile_users import as_user, make_users
 from tests.slots_support import Hold, Site, apply_tmpfiles, assert_all_free
+from tests.waiting import wait_for
 
 GROUP = "bgslot"
 USERS = ("bgslot-a", "bgslot-b")
@@ -90,7 +91,7 @@ def test_without_the_setgid_bit_the_budget_is_still_one(shared_root: Path) -> No
     site_a, site_b = shared_site(shared_root, 0o1770, max_sessions=1)  # sticky (else refused outright), no setgid
     hold = Hold(shared_root / "hold")
     first = site_a.spawn("alice", hold=hold)
-    site_a.wait_for(lambda: first.pid in site_a.started(), "alice's session")
+    wait_for(lambda: first.pid in site_a.started(), "alice's session")
     refused = site_b.spawn("bob", "--wait", "0")
     assert refused.wait(60) == Kind.BUSY, refused.stderr()
     hold.release()

@@ -15,9 +15,10 @@ import pytest
 from borg_gate.admin import counterfiles, slotstatus
 from borg_gate.base import counters
 from borg_gate.conn import supervise
-from tests.observability_support import events, hold_host, read_line, start_gate, stop, wait_for, wait_ready
+from tests.observability_support import events, hold_host, read_line, start_gate, stop, wait_ready
 from tests.recorder import Host
 from tests.slots_support import held_locks
+from tests.waiting import wait_for
 
 
 def in_use(host: Host) -> dict[str, int]:

@@ -20,6 +20,7 @@ from borg_gate.base.connection import Connection
 from borg_gate.base.errors import Kind
 from borg_gate.conn import budgetfile, session, slots
 from tests.slots_support import Hold, Site, assert_all_free, hold_slot
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -38,9 +39,9 @@ def is_waiter(argv: list[str]) -> bool:
 def test_a_queued_connection_waits_as_the_waiter_and_keeps_its_pid_and_id(site: Site) -> None:
     hold = Hold(site.root / "hold")
     first = site.spawn("alice", hold=hold)
-    site.wait_for(lambda: first.pid in site.started(), "the first recorder to start")
+    wait_for(lambda: first.pid in site.started(), "the first recorder to start")
     second = site.spawn("bob")
-    site.wait_for(lambda: "waiting for a session slot" in second.stderr(), "bob to queue")
+    wait_for(lambda: "waiting for a session slot" in second.stderr(), "bob to queue")
     argv = cmdline(second.pid)
     assert is_waiter(argv), argv  # the same process, now the lean waiter
     hold.release()
@@ -56,7 +57,7 @@ def test_a_queued_connection_waits_as_the_waiter_and_keeps_its_pid_and_id(site: 
 def test_a_waiter_whose_client_hangs_up_leaves_at_once(site: Site) -> None:
     fd = hold_slot(site, "slot.host.0")
     gate = site.spawn("alice")
-    site.wait_for(lambda: is_waiter(cmdline(gate.pid)), "alice to become the waiter")
+    wait_for(lambda: is_waiter(cmdline(gate.pid)), "alice to become the waiter")
     gate.hang_up()
     assert gate.wait(60) == Kind.CLIENT_GONE
     (refused,) = site.events("connection.refused")
@@ -68,7 +69,7 @@ def test_a_waiter_whose_client_hangs_up_leaves_at_once(site: Site) -> None:
 def test_a_supervised_connection_queues_as_the_waiter_then_supervises(site: Site) -> None:
     fd = hold_slot(site, "slot.host.0")
     gate = site.spawn("alice", "--supervise")
-    site.wait_for(lambda: is_waiter(cmdline(gate.pid)), "alice to become the waiter")
+    wait_for(lambda: is_waiter(cmdline(gate.pid)), "alice to become the waiter")
     os.close(fd)
     assert gate.wait(60) == 0
     (ended,) = site.events("session.ended")

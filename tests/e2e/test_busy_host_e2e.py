@@ -24,7 +24,7 @@ import pytest
 from tests.e2e import busy, harness
 from tests.e2e.busy import USER, Client, Outcome, Running
 from tests.e2e.harness import Result, Site
-from tests.observability_support import wait_for
+from tests.waiting import wait_for
 
 
 @pytest.fixture(scope="session")

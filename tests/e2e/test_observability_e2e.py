@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e import harness
 from tests.e2e.harness import Site
-from tests.observability_support import wait_for
+from tests.waiting import wait_for
 
 
 def admin(site: Site, command: str, *args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,14 +213,6 @@ class Site:
 
     def usage(self) -> list[slotstatus.BudgetUsage]:
         return slotstatus.snapshot(str(self.state_dir), self.max_sessions, self.per_client, self.reserved)
-
-    def wait_for(self, predicate: Any, what: str, timeout: float = 60) -> None:
-        """Poll until ``predicate()`` holds: for waiting on other processes, never a speed claim."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"gave up after {timeout} s waiting for {what}")
-            time.sleep(0.02)
 
 
 def slot_name(offset: int, client: str) -> str:
