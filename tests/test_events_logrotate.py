@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from tests.recorder import GATE, SSHD_ENV, Host
+from tests.waiting import wait_for
 
 ENTRY = Path(__file__).resolve().parents[1] / "packaging" / "logrotate"
 WAVES, PER_WAVE = 6, 10
@@ -51,8 +52,8 @@ def test_rotation_while_gates_write(tmp_path: Path) -> None:
             for _ in range(PER_WAVE)
         ]
         if wave % 2 == 1:  # rotate while this wave is writing
-            while int(time.time()) <= last_rotation:  # rotated names carry the second (dateformat %s)
-                time.sleep(0.05)
+            # rotated names carry the second (dateformat %s): the next rotation waits for a new one
+            wait_for(lambda: int(time.time()) > last_rotation, f"the second after {last_rotation}", timeout=5)
             out = subprocess.run(
                 ["logrotate", "--force", "--state", str(state), str(conf)], capture_output=True, text=True, timeout=60
             )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 from borg_gate.base.errors import Kind
 from borg_gate.conn import versions
 from tests.recorder import GATE, SSHD_ENV, Host, Outcome, run_gate
+from tests.waiting import wait_for
 
 CLIENT_BYTES = b"\x82\xa1i\x00\xa1m\xa4open" + bytes(range(256)) * 8  # what a borg client sends first
 
@@ -242,12 +242,7 @@ def test_refusal_kinds_have_distinct_exit_codes(tmp_path: Path) -> None:
 
 def wait_for_session(host: Host, pid: int) -> None:
     """Until the gate with ``pid`` logged session.started (it holds its slots from then on)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if any(e["event"] == "session.started" and e["pid"] == pid for e in host.events()):
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"gate {pid} never started its session")
+    wait_for(lambda: any(e["pid"] == pid for e in host.events("session.started")), f"gate {pid} to start its session")
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ import pytest
 from borg_gate.base import statedir
 from borg_gate.conn import reconnects
 from tests.recorder import Host
+from tests.waiting import wait_for
 
 WAIT = 1.0
 
@@ -45,10 +46,14 @@ def from_ip(ip: str) -> dict[str, str]:
 def holding(host: Host) -> tuple[subprocess.Popen[bytes], int]:
     """A session that holds the only slot: started, and logged session.started (it holds the slot then)."""
     proc, stdin = host.start(rest(host), ["--client", "alice"])
-    deadline = time.monotonic() + 30
-    while not any(e["event"] == "session.started" for e in host.events()):
-        assert proc.poll() is None and time.monotonic() < deadline, "the holder never started"
-        time.sleep(0.01)
+
+    def started() -> bool:
+        if host.events("session.started"):
+            return True
+        assert proc.poll() is None, "the holder never started: it ended first"
+        return False
+
+    wait_for(started, "the holder's session.started", timeout=30)
     return proc, stdin
 
 

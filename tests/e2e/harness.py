@@ -24,7 +24,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 from tests import platform_facts
 from tests.testhost import GateHost
+from tests.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/borg-gate-tests")  # world-readable; reused between runs on one machine
@@ -203,14 +203,15 @@ class Sshd:
             [SSHD, "-D", "-f", str(config), "-E", str(self.log_path)],
             stdin=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sshd exited: {self.log_path.read_text(errors='replace')}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                return
-            time.sleep(0.05)
-        raise RuntimeError("sshd did not start listening within 30 s")
+        wait_for(self.listening, f"sshd to listen on port {self.port}", timeout=30)
+
+    def listening(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"sshd exited: {self.log_path.read_text(errors='replace')}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            return True
+        return False
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

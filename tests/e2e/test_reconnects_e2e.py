@@ -24,6 +24,7 @@ from tests import platform_facts
 from tests.borg_cli import Cli
 from tests.e2e import harness
 from tests.e2e.harness import Site
+from tests.waiting import wait_for
 
 USER = "bgate-a"
 WAIT = 8.0
@@ -39,13 +40,6 @@ def borgstore_version(borg: Path) -> tuple[int, ...]:
         check=True,
     )
     return tuple(int(p) for p in out.stdout.strip().split(".")[:3])
-
-
-def wait_for(site: Site, client: str) -> None:
-    deadline = time.monotonic() + 60
-    while not any(e.get("client") == client for e in site.events("session.started")):
-        assert time.monotonic() < deadline, "the holder never started"
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("memory", [True, False], ids=["memory", "no-memory"])
@@ -73,7 +67,8 @@ def test_rest_client_refused_at_the_deadline_is_not_queued_again(
     ssh = ["ssh", *harness.ssh_options(holder), "-T", "-p", str(site.sshd.port), f"{USER}@127.0.0.1", "borg serve"]
     held = subprocess.Popen(ssh, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(site, "holder")  # its borg serve holds the only slot, waiting for its first request
+        # its borg serve holds the only slot, waiting for its first request
+        wait_for(lambda: any(e.get("client") == "holder" for e in site.events("session.started")), "the holder")
         start = time.monotonic()
         result = site.borg(Cli(version).names(url), client, borg=str(borg), env=rsh, timeout=600)
         took = time.monotonic() - start
