@@ -25,8 +25,7 @@ from borg_gate.base.errors import Kind
 from borg_gate.base.events import EventLog
 from borg_gate.conn import versions
 from borg_gate.conn.versions import BorgVersion, resolve
-from tests.recorder import GATE, SSHD_ENV, Host, Outcome, start_gate
-from tests.test_versions import detections, fake_borg
+from tests.recorder import GATE, SSHD_ENV, Host, Outcome, detections, fake_borg, start_gate
 
 OTHER_UID = 65534  # nobody: "another member of the gate group"
 HANG = 30.0  # a gate that has not finished by then is stuck for good (it blocks in open())

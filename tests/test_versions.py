@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from borg_gate.base.errors import Kind, Refusal
 from borg_gate.conn import versions
 from borg_gate.conn.versions import Borg, BorgVersion, features, resolve
 from tests import platform_facts
-from tests.recorder import RECORDER
+from tests.recorder import detections, fake_borg
 from tests.recorder.grammar import VERSIONS, built_borg
 
 
@@ -120,20 +119,6 @@ def test_feature_table(version: str, expected: tuple[bool, ...]) -> None:
 
 
 # --------------------------------------------------------------------------- detection and its cache
-
-
-def fake_borg(directory: Path, version: str) -> Path:
-    """The recorder as a borg binary: ``--version`` prints VERSION and counts the calls."""
-    directory.mkdir(parents=True, exist_ok=True)
-    binary = directory / "borg"
-    shutil.copy2(RECORDER, binary)
-    (directory / "VERSION").write_text(version)
-    return binary
-
-
-def detections(binary: Path) -> int:
-    calls = binary.with_name("version-calls")
-    return len(calls.read_text().splitlines()) if calls.exists() else 0
 
 
 def spec(binary: Path, version: str | None = None) -> BinarySpec:

@@ -4,7 +4,8 @@
 recorder "borg" (``tests/recorder/borg``) with a stated version. ``Host.run`` starts the
 gate as a real process with sshd's environment and SSH_ORIGINAL_COMMAND, stdin a pipe
 already holding the bytes the test wrote, and returns what came out, including the
-recorder's record when the gate exec'd it.
+recorder's record when the gate exec'd it. ``fake_borg`` installs the recorder alone, for tests
+of the version detection (``detections`` counts its ``--version`` answers).
 """
 
 from __future__ import annotations
@@ -79,10 +80,8 @@ class Host(GateHost):
         self.state_dir.mkdir(exist_ok=True)
         self.log_file.parent.mkdir(exist_ok=True)
         for name in self.binaries:
-            self.bin_dir(name).mkdir(parents=True, exist_ok=True)
-            target = self.binary(name)
-            if not target.exists():
-                shutil.copy2(RECORDER, target)
+            if not self.binary(name).exists():
+                fake_borg(self.bin_dir(name))
         self.write_config()
 
     def bin_dir(self, name: str) -> Path:
@@ -139,6 +138,26 @@ class Host(GateHost):
         found = [p for p in (self.record_path(n) for n in self.binaries) if p.exists()]
         assert len(found) <= 1, found
         return json.loads(found[0].read_text()) if found else None
+
+
+def fake_borg(directory: Path, version: str | None = None) -> Path:
+    """The recorder installed as ``directory/borg``: the one fake borg of these tests.
+
+    Its ``--version`` says ``version`` (written to ``VERSION`` next to it; without one, what a
+    ``VERSION`` there says, else 1.2.4) and counts the call (``detections``); its serve records.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    binary = directory / "borg"
+    shutil.copy2(RECORDER, binary)
+    if version is not None:
+        (directory / "VERSION").write_text(version)
+    return binary
+
+
+def detections(binary: Path) -> int:
+    """How often ``binary`` (a ``fake_borg``) answered ``--version``: the version detections it saw."""
+    calls = binary.with_name("version-calls")
+    return len(calls.read_text().splitlines()) if calls.exists() else 0
 
 
 def start_gate(argv: Sequence[str], env: Mapping[str, str], *, stdin: bytes, cwd: Path) -> tuple[Popen[bytes], int]:
