@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ from borg_gate.admin import check
 from borg_gate.admin.check import ERROR, INFO, WARNING, CheckReport, Finding
 from tests import platform_facts
 from tests.sshkeys import dsa_line
+from tests.testhost import GateHost
 
 GATE = str(Path(sys.executable).with_name("borg-gate"))
 EXAMPLE = Path(__file__).resolve().parents[1] / "authorized_keys.example"
@@ -42,17 +44,10 @@ def pubkeys(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 @dataclass
-class Site:
-    root: Path
+class Site(GateHost):
+    """A host for ``check`` (tests/testhost.GateHost): the real borg binaries, an sshd_config, key lines."""
+
     keys: list[str]
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.toml"
-
-    @property
-    def repos(self) -> Path:
-        return self.root / "repos"
 
     @property
     def sshd_config(self) -> Path:
@@ -62,11 +57,8 @@ class Site:
     def keys_file(self) -> Path:
         return self.root / "authorized_keys"
 
-    def write_config(self, extra: str = "", binaries: str = 'borg = "/usr/bin/borg"\nborg2 = "/usr/bin/borg2"') -> None:
-        self.config.write_text(
-            f'[gate]\nstate_dir = "{self.root / "state"}"\nlog_file = "{self.root / "log" / "gate.jsonl"}"\n'
-            f'[repos]\nroot = "{self.repos}/{{client}}"\n[borg.binaries]\n{binaries}\n{extra}'
-        )
+    def sections(self) -> dict[str, dict[str, Any]]:
+        return {**super().sections(), "borg.binaries": {"borg": "/usr/bin/borg", "borg2": "/usr/bin/borg2"}}
 
     def client_dir(self, *clients: str) -> None:
         for c in clients:
@@ -78,14 +70,14 @@ class Site:
     def run(self, lines: Sequence[str], **kw: object) -> CheckReport:
         self.keys_file.write_text("".join(f"{x}\n" for x in lines))
         self.keys_file.chmod(0o600)
-        return check.run_check(str(self.config), [str(self.keys_file)], str(self.sshd_config), **kw)  # type: ignore[arg-type]
+        return check.run_check(str(self.config_path), [str(self.keys_file)], str(self.sshd_config), **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture
 def site(tmp_path: Path, pubkeys: list[str]) -> Site:
     s = Site(tmp_path, pubkeys)
-    (tmp_path / "state").mkdir()
-    (tmp_path / "log").mkdir()
+    s.state_dir.mkdir()
+    s.log_file.parent.mkdir()
     s.repos.mkdir(mode=0o755)
     s.write_config()
     s.sshd_config.write_text("ExposeAuthInfo yes\nMaxStartups 100:30:200\n")
@@ -165,7 +157,7 @@ def test_embedded_newline_splits_into_a_bad_line_and_an_open_key(site: Site) -> 
 def test_crlf_file_is_read_as_sshd_reads_it(site: Site) -> None:
     site.client_dir("a", "b")
     site.keys_file.write_bytes(f"{site.line('--client a')}\r\n{site.line('--client b', 1)}\r\n".encode())
-    report = check.run_check(str(site.config), [str(site.keys_file)], str(site.sshd_config))
+    report = check.run_check(str(site.config_path), [str(site.keys_file)], str(site.sshd_config))
     assert problems(report) == []
     assert report.keys == 2
 
@@ -302,12 +294,12 @@ def test_keys_file_writable_by_others(site: Site) -> None:
     site.client_dir("a")
     site.keys_file.write_text(site.line("--client a") + "\n")
     site.keys_file.chmod(0o666)
-    report = check.run_check(str(site.config), [str(site.keys_file)], str(site.sshd_config))
+    report = check.run_check(str(site.config_path), [str(site.keys_file)], str(site.sshd_config))
     assert [(f.severity, f.code) for f in report.findings if f.severity != INFO] == [(WARNING, "keys-file")]
 
 
 def test_missing_keys_file(site: Site) -> None:
-    report = check.run_check(str(site.config), [str(site.root / "nope")], str(site.sshd_config))
+    report = check.run_check(str(site.config_path), [str(site.root / "nope")], str(site.sshd_config))
     assert only(report, "keys-file").severity == ERROR
 
 
@@ -420,17 +412,19 @@ def test_missing_state_dir(site: Site) -> None:
 
 def test_broken_config_is_one_error_with_its_line_and_fails_each_key(site: Site) -> None:
     site.client_dir("a")
-    site.write_config(extra="[limits]\nmax_session = 3\n")
+    site.write_config(limits={"max_session": 3})
     report = site.run([site.line("--client a")])
     cfg = only(report, "config")
-    assert (cfg.severity, cfg.file, cfg.line) == (ERROR, str(site.config), 10)
+    assert (cfg.severity, cfg.file, cfg.line) == (ERROR, str(site.config_path), 10)
     assert cfg.message.startswith("limits.max_session: unknown key")
     assert (ERROR, "key-config", 1) in problems(report)
 
 
 def test_binaries_missing_or_misdescribed(site: Site) -> None:
     site.client_dir("a")
-    site.write_config(binaries='borg = { path = "/usr/bin/borg", version = "1.1.18" }\nborg2 = "/nonexistent/borg2"')
+    site.write_config(
+        borg__binaries={"borg": {"path": "/usr/bin/borg", "version": "1.1.18"}, "borg2": "/nonexistent/borg2"}
+    )
     report = site.run([site.line("--client a")])
     assert {(f.severity, f.code) for f in report.findings if f.severity != INFO} == {
         (ERROR, "binary-version"),
@@ -442,10 +436,10 @@ def test_binaries_missing_or_misdescribed(site: Site) -> None:
 def test_config_writable_by_others(site: Site) -> None:
     """Issue 10, point 9d: the gate refuses such a config (whoever can edit it picks every user's borg)."""
     for mode, who in ((0o664, "the group"), (0o646, "others"), (0o666, "the group and others")):
-        site.config.chmod(mode)
+        site.config_path.chmod(mode)
         finding = only(site.run([]), "config")
         assert finding.severity == ERROR and finding.message == f"writable by {who} (mode {mode:o})"
-    site.config.chmod(0o644)
+    site.config_path.chmod(0o644)
     assert [f for f in site.run([]).findings if f.code == "config"] == []
 
 
@@ -479,7 +473,7 @@ def test_sshd_settings(site: Site) -> None:
         "sshd-expose-auth-info",
         "sshd-user-environment",
     }
-    site.write_config(extra="[limits]\nmax_sessions = 12\n")
+    site.write_config(limits={"max_sessions": 12})
     warning = only(site.run(lines), "sshd-max-startups")
     assert "raise it to 12" in warning.message
 
@@ -513,7 +507,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_exit_codes_and_human_lines(site: Site) -> None:
     site.client_dir("a")
-    base = ["--config", str(site.config), "--sshd-config", str(site.sshd_config), "--authorized-keys"]
+    base = ["--config", str(site.config_path), "--sshd-config", str(site.sshd_config), "--authorized-keys"]
     site.keys_file.write_text(site.line("--client a") + "\n")
     clean = cli(*base, str(site.keys_file))
     assert clean.returncode == 0, clean.stdout
@@ -537,7 +531,7 @@ def test_cli_json(site: Site) -> None:
     out = cli(
         "--json",
         "--config",
-        str(site.config),
+        str(site.config_path),
         "--no-sshd",
         "--authorized-keys",
         str(site.keys_file),
@@ -558,6 +552,6 @@ def test_cli_json(site: Site) -> None:
 
 def test_main_returns_the_exit_code(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     site.keys_file.write_text(f"restrict {site.keys[0]}\n")
-    code = check.main(["--config", str(site.config), "--no-sshd", "--authorized-keys", str(site.keys_file)])
+    code = check.main(["--config", str(site.config_path), "--no-sshd", "--authorized-keys", str(site.keys_file)])
     assert code == 2
     assert "[no-forced-command]" in capsys.readouterr().out
