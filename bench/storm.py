@@ -328,10 +328,12 @@ def real_clients(base: Path, n: int, limit: int) -> None:
             extra = {"LIMIT": str(limit), "BORG": "/usr/bin/borg", "REPOS": str(repos)}
         else:
             site = Site(root / f"w{wait}", max_sessions=limit, per_client=n, wait=wait)
-            site.config.write_text(
-                site.config.read_text().replace(str(site.recorder), "/usr/bin/borg").replace(str(site.root), str(root))
+            site.write_config(
+                gate={"state_dir": str(root / "state"), "log_file": str(root / "gate.jsonl")},
+                repos={"root": f"{repos}/{{client}}"},
+                borg__binaries={"borg": {"path": "/usr/bin/borg", "version": "1.2.4"}},
             )
-            forced = f"{GATE} --config {site.config}"
+            forced = f"{GATE} --config {site.config_path}"
             extra = {}
         procs = []
         for i in range(n):

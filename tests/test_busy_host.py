@@ -115,7 +115,7 @@ def test_hold_needs_root(tmp_path: Path) -> None:
             "borg_gate",
             "release",
             "--config",
-            str(site.config),
+            str(site.config_path),
         ],
         capture_output=True,
         text=True,

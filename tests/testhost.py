@@ -5,10 +5,10 @@ A ``GateHost`` lives in ``root``: ``config.toml``, ``state/``, ``log/gate.jsonl`
 ``write_config`` renders the host's own sections (``sections()``, which a kind of host extends)
 merged with a test's overrides as TOML; ``events`` reads back the gate's event log.
 
-Two kinds of test host build on it: ``tests.recorder.Host`` (the real gate as a process, a
-recorder standing in for borg) and ``tests.e2e.harness.Site`` (a private sshd, real borg
-clients and servers). tests/slots_support.Site still writes its own config; it is being
-rewritten with the slot tests and is to be folded in then.
+Every kind of test host builds on it: ``tests.recorder.Host`` (the real gate as a process, a
+recorder standing in for borg), ``tests.slots_support.Site`` (many gates at once, a counting
+recorder as borg), ``tests.test_check.Site`` (``borg-gate check`` against the real borg
+binaries) and ``tests.e2e.harness.Site`` (a private sshd, real borg clients and servers).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any
 
 from borg_gate.admin import slotstatus
 from borg_gate.conn import budgetfile
-from tests.eventlog import read_events
+from tests.testhost import GateHost
 
 RECORDER = Path(__file__).with_name("recorder")
 TMPFILES = Path(__file__).parents[2] / "packaging" / "tmpfiles.d"
@@ -85,8 +85,9 @@ class Hold:
 
 
 @dataclass
-class Site:
-    root: Path
+class Site(GateHost):
+    """A host in ``root`` (tests/testhost.GateHost) whose one borg is the counting recorder."""
+
     max_sessions: int = 4
     per_client: int = 2
     wait: float = 600
@@ -99,6 +100,7 @@ class Site:
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "bin").mkdir(exist_ok=True)
+        self.log_file.parent.mkdir(exist_ok=True)
         shutil.copy2(RECORDER, self.recorder)
         self.write_config()
 
@@ -108,33 +110,24 @@ class Site:
 
     @property
     def state_dir(self) -> Path:
-        return self.state or self.root / "state"
+        return self.state or super().state_dir
 
-    @property
-    def log_file(self) -> Path:
-        return self.root / "gate.jsonl"
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.toml"
-
-    def write_config(self, extra: str = "") -> None:
-        self.config.write_text(
-            "[gate]\n"
-            f'state_dir = "{self.state_dir}"\n'
-            f'log_file = "{self.log_file}"\n'
-            "[limits]\n"
-            f"max_sessions = {self.max_sessions}\n"
-            f"max_sessions_per_client = {self.per_client}\n"
-            f"wait = {self.wait}\n"
-            f"reserved_sessions = {self.reserved}\n"
-            f"max_sessions_per_repo = {self.per_repo}\n"
-            "[repos]\n"
-            f'root = "{self.root}/repos/{{client}}"\n'
-            "[borg]\n"
-            'default = "borg"\n'
-            f'binaries = {{ borg = {{ path = "{self.recorder}", version = "1.2.4" }} }}\n' + extra
-        )
+    def sections(self) -> dict[str, dict[str, Any]]:
+        base = super().sections()
+        limits = {
+            "max_sessions": self.max_sessions,
+            "max_sessions_per_client": self.per_client,
+            "wait": self.wait,
+            "reserved_sessions": self.reserved,
+            "max_sessions_per_repo": self.per_repo,
+        }
+        return {
+            "gate": base["gate"],
+            "limits": limits,
+            "repos": base["repos"],
+            "borg": {"default": "borg"},
+            "borg.binaries": {"borg": {"path": str(self.recorder), "version": "1.2.4"}},
+        }
 
     def spawn(
         self, client: str, *key_args: str, env: Mapping[str, str] | None = None, hold: Hold | None = None
@@ -145,7 +138,8 @@ class Site:
         full_env = {**BASE_ENV, "USER": client, "HOME": str(self.root), **(env or {})}
         if hold is not None:
             full_env["LC_SLOTS_HOLD"] = str(hold.path)
-        argv = [*self.run_as, PYTHON, "-m", "borg_gate", "--config", str(self.config), "--client", client, *key_args]
+        command = [PYTHON, "-m", "borg_gate", "--config", str(self.config_path)]
+        argv = [*self.run_as, *command, "--client", client, *key_args]
         with open(stderr_path, "wb") as err:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=write_end, stderr=err, env=full_env, cwd=self.root
@@ -156,7 +150,7 @@ class Site:
         return gate
 
     def admin_command(self, *args: str) -> list[str]:
-        return [PYTHON, "-m", "borg_gate", args[0], "--config", str(self.config), *args[1:]]
+        return [PYTHON, "-m", "borg_gate", args[0], "--config", str(self.config_path), *args[1:]]
 
     def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``borg-gate ARGS --config <this site>`` as root, e.g. ``hold --reason x``."""
@@ -207,9 +201,6 @@ class Site:
         """
         starts = {pid: client for what, pid, client, *_ in self.records() if what == "start"}
         return [starts[g.pid] for g in self.gates if g.pid in starts and g.proc.poll() is None]
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        return read_events(self.log_file, name)
 
     def usage(self) -> list[slotstatus.BudgetUsage]:
         return slotstatus.snapshot(str(self.state_dir), self.max_sessions, self.per_client, self.reserved)
