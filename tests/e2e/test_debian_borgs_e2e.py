@@ -1,4 +1,4 @@
-"""Issue 2 end to end: real sshd, real borg 1.2 and borg2 clients and servers, through the gate."""
+"""Issue 2 end to end with Debian's borg 1.2 and borg2: backups through sshd and the gate, refusals the client shows."""
 
 from __future__ import annotations
 
