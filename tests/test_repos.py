@@ -256,6 +256,17 @@ def test_store_sizes_are_cached_and_redone_when_borg_writes(tmp_path: Path) -> N
     assert repos.report(cfg).repos[0].size_bytes == first
 
 
+def test_a_size_cache_that_cannot_be_written_is_a_named_problem(tmp_path: Path) -> None:
+    cfg = site(tmp_path)
+    repo_layouts.store(tmp_path / "repos" / "alice" / "s", packs=5)
+    (tmp_path / "state" / f"repos-cache-{os.geteuid()}.json").mkdir()  # planted: the rename over it fails
+    r = repos.report(cfg)
+    assert r.repos[0].size_bytes > 0
+    (problem,) = [p.problem for p in r.problems if p.path == cfg.state_dir]
+    assert problem.startswith("size cache not written: "), problem
+    assert not [n for n in os.listdir(tmp_path / "state") if n.endswith(".tmp")]
+
+
 def test_a_cache_not_only_ours_is_ignored(tmp_path: Path) -> None:
     cfg = site(tmp_path)
     path = repo_layouts.store(tmp_path / "repos" / "alice" / "s")

@@ -22,7 +22,7 @@ from typing import Final
 
 import filelock
 
-from borg_gate.admin import authkeys, check
+from borg_gate.admin import authkeys, check, safeopen
 from borg_gate.base import config, statedir
 from borg_gate.base.errors import Refusal, shown
 from borg_gate.conn import keyhelp, keyopts
@@ -205,7 +205,7 @@ def _write(path: str, dfd: int, data: bytes, st: os.stat_result | None) -> None:
     owner: tuple[int, int] | None = (uid, gid)
     if os.geteuid() != 0:  # only root may give a file away; anyone else writes their own
         if st is not None and uid != os.geteuid():
-            raise Refused(f"cannot keep {path} owned by {check.owner_name(uid)}: run as root")
+            raise Refused(f"cannot keep {path} owned by {safeopen.owner_name(uid)}: run as root")
         owner = None
     if st is not None:
         _backup(path, st)

@@ -31,6 +31,7 @@ from typing import Final
 
 from borg_gate import cli
 from borg_gate.admin import authkeys
+from borg_gate.admin.safeopen import owner_name
 from borg_gate.base import config, statedir, values
 from borg_gate.base.config import BinarySpec, Config
 from borg_gate.base.errors import Refusal, shown
@@ -176,13 +177,6 @@ def unreachable(path: str, user: User) -> str | None:
         if not allows(st, user, 1):
             return d
     return None
-
-
-def owner_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 # --------------------------------------------------------------------------- config

@@ -26,13 +26,13 @@ from __future__ import annotations
 import fcntl
 import math
 import os
-import pwd
 import stat
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from borg_gate.admin import safeopen
 from borg_gate.base import counters, patterns
 from borg_gate.base.errors import Kind
 
@@ -213,18 +213,9 @@ class UserFile:
         self.rejected[reason] = self.rejected.get(reason, 0) + n
 
 
-def user_name(uid: int | None) -> str:
-    if uid is None:
-        return "?"
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
 def check_file(name: str, uid: int | None, data: Mapping[str, Any] | None, now: float) -> UserFile:
     """A parsed file's content, every series and entry checked (pure: no I/O but the user's name)."""
-    out = UserFile(name, uid, user_name(uid))
+    out = UserFile(name, uid, "?" if uid is None else safeopen.owner_name(uid))
     if data is None:
         out.unreadable = True
         out.reject("file")

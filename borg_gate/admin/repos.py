@@ -454,8 +454,10 @@ class SizeCache:
             return
         if self.used != self.entries:
             data = json.dumps({"stores": self.used}, separators=(",", ":")).encode()
-            if not statedir.write_own(self.dir_fd, self.name, data, mode=CACHE_MODE):
-                self.failed = statedir.failed_writes.pop()
+            try:  # the one way to replace a file; a failure goes to the report's problems
+                statedir.replace_file(self.dir_fd, self.name, data, CACHE_MODE)
+            except OSError as exc:
+                self.failed = f"{self.name}: {exc.strerror or exc}"
         os.close(self.dir_fd)
         self.dir_fd = None
 

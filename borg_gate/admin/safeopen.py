@@ -35,11 +35,12 @@ class NotTrusted(OSError):
         return f"{self.path}: {self.reason}"
 
 
-def _user(uid: int) -> str:
+def owner_name(uid: int) -> str:
+    """A uid as admin output names it: the user's name, else the number."""
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return f"uid {uid}"
+        return str(uid)
 
 
 def _names(path: str) -> list[str]:
@@ -85,7 +86,7 @@ def open_path(path: str, *, directory: bool = True) -> tuple[int, str]:
                 if not stat.S_ISLNK(st.st_mode):
                     raise OSError(errno.ENOTDIR if directory or not last else errno.EINVAL, "not a directory", here)
                 if st.st_uid != 0:
-                    raise NotTrusted(here, f"a symlink owned by {_user(st.st_uid)}, not followed")
+                    raise NotTrusted(here, f"a symlink owned by {owner_name(st.st_uid)}, not followed")
                 hops += 1
                 if hops > MAX_SYMLINKS:
                     raise NotTrusted(here, f"more than {MAX_SYMLINKS} symlinks (a loop?)")

@@ -15,19 +15,20 @@ that way is not in the map: her counters are then published under her own name, 
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import stat
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
+from borg_gate import cli
 from borg_gate.admin import authkeys, safeopen
 from borg_gate.base.errors import Refusal
 from borg_gate.conn import keyopts, policy
 
 MAX_BYTES: Final = 4 << 20  # sshd reads lines of at most 8 KiB; a few thousand keys fit
 DEFAULT_PATTERNS: Final = (".ssh/authorized_keys", ".ssh/authorized_keys2")  # sshd's default
-ADMIN_WORDS: Final = ("status", "metrics", "check", "authorize", "repos", "hold")
 
 
 def read_keys(path: str, owners: Iterable[int] | None = None) -> tuple[bytes, os.stat_result]:
@@ -56,7 +57,7 @@ def gate_keys(data: bytes) -> Iterator[tuple[int, keyopts.KeyOptions | Refusal]]
             words = authkeys.split_command(line.options.command)
         except authkeys.ShellError:
             continue
-        if not words or os.path.basename(words[0]) != "borg-gate" or words[1:2] in ([w] for w in ADMIN_WORDS):
+        if not words or os.path.basename(words[0]) != "borg-gate" or (len(words) > 1 and words[1] in cli.ADMIN):
             continue
         try:
             yield line.number, keyopts.parse_key_options(words[1:])
@@ -94,6 +95,7 @@ def expand(pattern: str, pw: pwd.struct_passwd) -> str:
     return path if path.startswith("/") else os.path.join(pw.pw_dir, path)
 
 
+@functools.lru_cache(maxsize=1)  # one `sshd -T` (~50 ms) per process: check and status may ask several times
 def sshd_patterns() -> tuple[str, ...]:
     """AuthorizedKeysFile as sshd itself reports it (root only), else sshd's default."""
     from borg_gate.admin import check  # admin side: its sshd reader
